@@ -1,0 +1,66 @@
+"""The course's commands: `python -m labkit.course COMMAND` (see --help)."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def _book(args: argparse.Namespace) -> None:
+    from labkit.course import book
+
+    print(book.build())
+
+
+def _assets(args: argparse.Namespace) -> None:
+    from labkit.course import book
+
+    print(book.fetch_assets())
+
+
+def _labs(args: argparse.Namespace) -> None:
+    from labkit.course import labs
+
+    changed = labs.write_labs()
+    print("\n".join(f"wrote {p}" for p in changed) or "labs/ is up to date")
+
+
+def _notebooks(args: argparse.Namespace) -> None:
+    from labkit.course import manifest
+
+    print("\n".join(manifest.load().verified_notebooks()))
+
+
+def _execute(args: argparse.Namespace) -> None:
+    from labkit.course import execute
+
+    for path in args.paths:
+        execute.execute_in_place(path)
+        print(f"executed {path}")
+
+
+# name -> (help, function). A command is one function taking the parsed args; imports stay inside it
+# so that `--help` is instant and one command's dependencies never break another.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], None]]] = {
+    "book": ("build the book into _build/html (offline, from the committed outputs); print index.html's path",
+             _book),
+    "assets": ("fetch the JavaScript the book's pages need (widgets, MathJax) from npm into .cache/js", _assets),
+    "labs": ("regenerate labs/ from solutions/ (solution markers become stubs)", _labs),
+    "notebooks": ("print the notebooks nbval verifies (lessons and solutions), as book.yml lists them", _notebooks),
+    "execute": ("execute notebooks in place to refresh their committed outputs (then run `make test`)", _execute),
+}
+ARGUMENTS = {"execute": lambda p: p.add_argument("paths", nargs="+", help="notebook files")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m labkit.course", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, func) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        ARGUMENTS.get(name, lambda _: None)(command)
+        command.set_defaults(func=func)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
