@@ -496,7 +496,7 @@ def perplexity_from_log_probs(log_probs: Sequence[float] | np.ndarray) -> float:
     lp = np.asarray(log_probs, dtype=np.float64)
     if lp.ndim != 1 or lp.size == 0:
         raise ValueError(f"log_probs must be a non-empty 1-D sequence, got shape {lp.shape}")
-    if np.any(lp > 0) or np.any(np.isnan(lp)):
+    if np.any(lp > 1e-9) or np.any(np.isnan(lp)):  # (a hair above 0 is float rounding of log 1)
         raise ValueError("log_probs must be natural-log probabilities (<= 0, not NaN)")
     return float(np.exp(-lp.mean()))
 

@@ -51,7 +51,7 @@ def ngram_explorer(counts: NgramCounts, vocab: Vocab, presets: Sequence[str],
 
     `ks` is add-k's k, or Kneser-Ney's discount D when smoothing="kneser-ney" (ignored for "mle").
     Layout (a VBox): [controls HBox(Dropdown, n slider, k slider), charts Stack (presets) of Stacks (n) of
-    Stacks (k) of HTML, live Text box, its note Label, live HTML chart].
+    Stacks (k) of HTML, live Text box, its note (HTML), live HTML chart].
     """
     if not isinstance(counts, NgramCounts):
         raise TypeError(f"counts must be NgramCounts (from fit_counts), got {type(counts).__name__}")
@@ -99,8 +99,8 @@ def ngram_explorer(counts: NgramCounts, vocab: Vocab, presets: Sequence[str],
 
     # "Your own context": recomputed in Python, so it only updates with a running kernel.
     own = widgets.Text(value=presets[0], description="your own", placeholder="type a context")
-    note = widgets.Label("↑ type a context: this chart is computed by the Python kernel "
-                         "(it does not update in the static book)")
+    note = widgets.HTML("<small>↑ type a context: this chart is computed by the Python kernel, "
+                        "so it updates only in a running notebook, not in the static book</small>")
     live = widgets.HTML()
 
     def update(_change=None) -> None:

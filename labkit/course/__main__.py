@@ -36,6 +36,7 @@ def _execute(args: argparse.Namespace) -> None:
     for path in args.paths:
         execute.execute_in_place(path)
         print(f"executed {path}")
+    _labs(args)  # executing a solution refreshes its metadata, which its lab carries
 
 
 # name -> (help, function). A command is one function taking the parsed args; imports stay inside it
