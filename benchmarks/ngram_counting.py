@@ -16,20 +16,11 @@ import numpy as np
 
 from labkit.corpus import Vocab, char_tokens, load_corpus, word_tokens
 from labkit.ngram import count_ngrams, count_ngrams_numba, ngram_arrays_to_counter
+from labkit.timing import best_of
 
 REPEATS = 5
 ORDERS = (2, 3, 4)
 GOAL = 20.0
-
-
-def _best_time(fn, repeats: int) -> float:
-    """Best wall time of `repeats` back-to-back calls (the minimum is the least disturbed by other work)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure(orders: tuple[int, ...] = ORDERS, repeats: int = REPEATS) -> list[dict]:
@@ -45,8 +36,8 @@ def measure(orders: tuple[int, ...] = ORDERS, repeats: int = REPEATS) -> list[di
             reference = count_ngrams(id_list, n)            # warm-up (and the answer to check against)
             fast = count_ngrams_numba(ids, n, len(vocab))   # warm-up: compiles on the first call
             identical = ngram_arrays_to_counter(*fast) == reference
-            best_ref = _best_time(lambda: count_ngrams(id_list, n), repeats)
-            best_fast = _best_time(lambda: count_ngrams_numba(ids, n, len(vocab)), repeats)
+            best_ref = best_of(lambda: count_ngrams(id_list, n), repeats, warmup=0)
+            best_fast = best_of(lambda: count_ngrams_numba(ids, n, len(vocab)), repeats, warmup=0)
             rows.append(dict(level=level, n=n, tokens=int(ids.size), vocab=len(vocab), distinct=len(reference),
                              python_s=best_ref, numba_s=best_fast, speedup=best_ref / best_fast,
                              identical=identical))

@@ -1,7 +1,7 @@
 """Labs are generated from solutions, and their graded checks really check.
 
 (a) labs/ is byte-for-byte what the generator makes; (b) every check cell fails on the blank lab, passes
-on the solution, and fails on at least one plausible wrong implementation (tests/lab_mutants.py).
+on the solution, and fails on at least one plausible wrong implementation (tests/mutants/).
 """
 import re
 
@@ -10,7 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 from labkit.course import labs, manifest
-from lab_mutants import MUTANTS
+from mutants import mutants_for
 
 PAIRS = manifest.load().lab_pairs()
 ROOT = manifest.load().root
@@ -64,7 +64,7 @@ def _with_mutant(solution_nb, mutant):
 @pytest.mark.parametrize("solution, lab", PAIRS)
 def test_checks_fail_on_blank_lab_pass_on_solution_and_catch_mutants(solution, lab):
     solution_nb = nbformat.read(ROOT / solution, as_version=4)
-    mutants = MUTANTS.get(solution, [])
+    mutants = mutants_for(solution)
     passed = _run(nbformat.read(ROOT / lab, as_version=4))
     assert passed and all(passed.values()), f"checks that pass on the blank lab check nothing: " \
         f"{[k for k, v in passed.items() if v is None]}"
@@ -79,4 +79,4 @@ def test_checks_fail_on_blank_lab_pass_on_solution_and_catch_mutants(solution, l
         assert not missed, f"{solution}: mutant '{mutant.why}' passes checks {missed}"
         caught |= {name for name, error in outcome.items() if error}
     uncaught = set(on_solution) - caught
-    assert not uncaught, f"{solution}: no wrong implementation in tests/lab_mutants.py fails checks {uncaught}"
+    assert not uncaught, f"{solution}: no wrong implementation in tests/mutants/ fails checks {uncaught}"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 def _book(args: argparse.Namespace) -> None:
     from labkit.course import book
 
-    print(book.build())
+    book.build()  # prints where the book is
 
 
 def _assets(args: argparse.Namespace) -> None:
