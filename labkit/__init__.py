@@ -1,8 +1,12 @@
 """labkit: the code behind the course. One module per idea, in course order.
 
-Chapter 1  n-gram language models      corpus (the offline corpus), ngram, ngram_explorer, checks.ngram
-Platform   the real models, offline    models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
-           the course pipeline         course.manifest (book.yml), course.labs, course.book
+Chapter 1  n-gram language models          corpus (the offline corpus), ngram, ngram_explorer, checks.ngram
+Chapter 2  tokenization, neural LMs        bpe (byte-level BPE + its explorer), mlp_lm, checks.bpe
+Chapter 3  attention and the transformer   attention, rope, transformer, checks.attention
+Chapter 4  SmolLM2-135M from scratch       llama, sampling (+ the next-token explorer), checks.llama
+Shared     the real models, offline        models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
+           small helpers                   scoring (log P of text), timing (best-of wall clock), viz (HTML bars)
+           the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book
 
 A module never imports a later chapter's module.
 """

@@ -1,0 +1,178 @@
+"""Graded checks for lab 2 (byte-pair encoding).
+
+    from labkit.checks.bpe import check_merge_pair, check_most_frequent_pair, check_encode, check_bpe_training
+    check_merge_pair(merge_pair)            # your functions, defined in the lab
+
+The references are `labkit.bpe.merge_pair`, `most_frequent_pair`, `BPETokenizer.encode` and `train_bpe_naive`.
+The lab works on one id sequence (no pre-tokenizer): `NO_SPLIT` is the pattern that keeps a text in one chunk.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from labkit.bpe import BPETokenizer, merge_pair, most_frequent_pair, train_bpe_naive
+
+NO_SPLIT = r"(?s).+"  # one chunk: the whole text (what the lab's plain loop over one id list does)
+
+
+def _short(obj: object, limit: int = 160) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit] + " ...]"
+
+
+def _call(fn: Callable, call: str, *args):
+    """fn(*args); NotImplementedError propagates (the blank lab must fail), other errors name the input."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except Exception as e:
+        raise AssertionError(f"{call} raised {type(e).__name__}: {e}") from e
+
+
+def _passed(name: str, checks: int) -> None:
+    print(f"✓ {name} passes {checks} checks")
+
+
+def _id_list(value: object, call: str) -> list[int]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                       for i in value):
+        raise AssertionError(f"{call} should return a list of int token ids, got {type(value).__name__}: "
+                             f"{_short(value)}")
+    return list(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def check_merge_pair(fn: Callable) -> None:
+    """merge_pair(ids, pair, new_id) replaces every occurrence of pair, left to right, without overlaps."""
+    cases = [
+        ([1, 2, 3, 1, 2], (1, 2), 99, "two occurrences"),
+        ([5, 1, 2, 7], (1, 2), 99, "one occurrence in the middle"),
+        ([1, 1, 1], (1, 1), 99, "overlapping occurrences: take the leftmost first, then skip both tokens"),
+        ([1, 1, 1, 1], (1, 1), 99, "four equal tokens make two pairs"),
+        ([3, 4, 3, 4, 3, 4], (3, 4), 99, "back-to-back occurrences"),
+        ([2, 1], (1, 2), 99, "the pair in the other order is a different pair"),
+        ([7, 1, 2], (1, 2), 99, "the pair at the very end"),
+        ([1, 2, 7], (1, 2), 99, "the pair at the very start, one token after it"),
+        ([4], (4, 4), 99, "a single token: nothing to merge"),
+        ([], (1, 2), 99, "an empty list"),
+        (list("the cat".encode()), (ord("t"), ord("h")), 256, "bytes of 'the cat', merging t+h"),
+    ]
+    for ids, pair, new_id, what in cases:
+        call = f"merge_pair({ids}, pair={pair}, new_id={new_id})  [{what}]"
+        given = list(ids)
+        got = _id_list(_call(fn, call, given, pair, new_id), call)
+        if given != ids:
+            raise AssertionError(f"{call} changed its input list to {given}: build and return a new list")
+        expected = merge_pair(ids, pair, new_id)
+        if got != expected:
+            hint = ""
+            if len(got) > len(expected) and got.count(new_id) == expected.count(new_id):
+                hint = (" (too long: after merging a pair at position i, continue at i + 2, not i + 1, "
+                        "and keep every token you did not merge exactly once)")
+            elif got.count(new_id) < expected.count(new_id):
+                hint = " (some occurrences were not merged: scan the whole list)"
+            elif len(got) < len(expected):
+                hint = " (tokens went missing: is the last token kept when it is not part of a pair?)"
+            raise AssertionError(f"{call}: expected {expected}, got {got}{hint}")
+    _passed("merge_pair", len(cases))
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def check_most_frequent_pair(fn: Callable) -> None:
+    """most_frequent_pair(ids) -> the adjacent pair seen most often; ties go to the smallest pair; None if none."""
+    cases = [
+        ([1, 2, 3, 1, 2], "(1, 2) occurs twice"),
+        ([9, 8, 7, 9, 8, 7, 8, 7], "(8, 7) three times, (9, 8) twice"),
+        ([5, 4, 5, 4, 4, 5], "(4, 5) and (5, 4) both occur twice: the smaller tuple wins"),
+        ([3, 2, 1, 0], "every pair once: the smallest tuple wins"),
+        ([7, 7, 7], "overlapping pairs count: (7, 7) occurs twice"),
+        ([6, 2], "a single pair"),
+        ([3], "a single token: no pair, return None"),
+        ([], "no tokens: return None"),
+        (list("abracadabra".encode()), "bytes of 'abracadabra'"),
+        ([2, 1, 9, 9, 1, 2, 2, 1, 3, 4, 3, 4], "the most frequent pair is not the first one seen"),
+    ]
+    for ids, what in cases:
+        call = f"most_frequent_pair({ids})  [{what}]"
+        got = _call(fn, call, list(ids))
+        expected = most_frequent_pair(ids)
+        if expected is None:
+            if got is not None:
+                raise AssertionError(f"{call}: a list with fewer than 2 tokens has no pairs: expected None, "
+                                     f"got {_short(got)}")
+            continue
+        if isinstance(got, list):
+            got = tuple(got)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise AssertionError(f"{call} should return a pair (a tuple of two ids), got "
+                                 f"{type(got).__name__}: {_short(got)}")
+        if got != expected:
+            counts = {p: sum(1 for q in zip(ids, ids[1:]) if q == p) for p in set(zip(ids, ids[1:]))}
+            hint = ""
+            if got not in counts:
+                hint = " — that pair is not adjacent anywhere in the list"
+            elif counts[got] == counts[expected]:
+                hint = f" — both occur {counts[got]} times; ties go to the smaller tuple"
+            else:
+                hint = f" — yours occurs {counts[got]} times, {expected} occurs {counts[expected]} times"
+            raise AssertionError(f"{call}: expected {expected}, got {got}{hint}")
+    _passed("most_frequent_pair", len(cases))
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def check_encode(fn: Callable) -> None:
+    """encode(text, merges) -> the UTF-8 bytes of text with merge k (making id 256 + k) applied in order."""
+    merges_ab = [(97, 98), (256, 99), (257, 257)]          # a+b, ab+c, abc+abc
+    merges_order = [(98, 99), (97, 98), (97, 256)]          # b+c first: 'abc' must become a + bc
+    cases = [
+        ("abcabc", merges_ab, "three merges that build on each other"),
+        ("abcab", merges_ab, "a leftover 'ab'"),
+        ("abc", merges_order, "order matters: b+c was learned before a+b"),
+        ("xyz", merges_ab, "no merge applies"),
+        ("", merges_ab, "empty text"),
+        ("héllo", [(195, 169)], "a two-byte character merged into one token"),
+        ("aaaa", [(97, 97), (256, 256)], "aa, then aa+aa"),
+        ("abc", [], "no merges: plain bytes"),
+    ]
+    for text, merges, what in cases:
+        call = f"encode({text!r}, merges={merges})  [{what}]"
+        got = _id_list(_call(fn, call, text, list(merges)), call)
+        expected = BPETokenizer(tuple(merges), NO_SPLIT).encode(text)
+        if got != expected:
+            hint = ""
+            if got == list(text.encode("utf-8")):
+                hint = " (no merge was applied)"
+            elif sorted(got) == sorted(expected):
+                hint = " (right tokens, wrong order?)"
+            elif _apply(text, merges[::-1], reverse_ids=True) == got:
+                hint = " (merges applied in reverse order: apply them in the order they were learned)"
+            raise AssertionError(f"{call}: expected {expected}, got {got}{hint}")
+    _passed("encode", len(cases))
+
+
+def _apply(text: str, merges: Sequence, reverse_ids: bool = False) -> list[int]:
+    ids, n = list(text.encode("utf-8")), len(merges)
+    for k, pair in enumerate(merges):
+        ids = merge_pair(ids, tuple(pair), 256 + (n - 1 - k if reverse_ids else k))
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def check_bpe_training(merges: Sequence, text: str) -> None:
+    """The merges your loop learned from `text` (one chunk, no pre-tokenizer) equal labkit's, in order."""
+    got = [tuple(m) for m in merges]
+    expected = train_bpe_naive(text, len(got), pattern=NO_SPLIT).merges
+    if len(expected) < len(got):
+        raise AssertionError(f"you learned {len(got)} merges, but the text only allows {len(expected)}")
+    for k, (g, e) in enumerate(zip(got, expected)):
+        if g != e:
+            raise AssertionError(f"merge {k} (new id {256 + k}): expected {e}, got {g}; the first {k} merges "
+                                 "agree")
+    if not got:
+        raise AssertionError("no merges learned")
+    print(f"✓ your {len(got)} merges equal labkit's train_bpe_naive, in the same order")
