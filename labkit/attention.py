@@ -200,29 +200,47 @@ def head_summary(weights: Tensor) -> dict[str, float]:
             "other": float(1 - self_ - prev - first)}
 
 
-def _heatmap_png(weights: Tensor, labels: list[str], title: str) -> bytes:
-    """A [T, T] weight matrix as a PNG heatmap (queries down, keys across), built without pyplot."""
+def _heatmap_pngs(matrices: list[Tensor], labels: list[str], titles: list[str]) -> list[bytes]:
+    """[T, T] weight matrices as PNG heatmaps (queries down, keys across).
+
+    Drawing dozens of tick labels is most of matplotlib's work, so the axes are drawn once and only the heatmap
+    and its title are drawn again for each matrix ("blitting"); PIL writes the PNGs.
+    """
     import io
 
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from PIL import Image
 
-    t = weights.shape[0]
+    t = len(labels)
     size = 1.6 + 0.14 * t
-    fig = Figure(figsize=(size + 0.8, size), dpi=80)
-    FigureCanvasAgg(fig)
+    fig = Figure(figsize=(size + 0.8, size), dpi=72)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    image = ax.imshow(weights.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.grid(False)
+    image = ax.imshow(np.zeros((t, t)), cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(t), labels, fontsize=8, family="monospace")
     ax.set_yticks(range(t), labels, fontsize=8, family="monospace")
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
-    ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp: same bytes every run
-    return buffer.getvalue()
+    ax.set_title(max(titles, key=len), fontsize=9)
+    fig.tight_layout()  # leaves room for the longest title
+    ax.set_title("")
+    canvas.draw()
+    background = canvas.copy_from_bbox(fig.bbox)
+    pngs = []
+    for weights, title in zip(matrices, titles):
+        canvas.restore_region(background)
+        image.set_data(weights.numpy())
+        ax.title.set_text(title)
+        for artist in (image, ax.title, *ax.spines.values()):
+            ax.draw_artist(artist)
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buffer, format="png")
+        pngs.append(buffer.getvalue())
+    return pngs
 
 
 def attention_explorer(attention: list[Tensor], tokens: list[str]):
@@ -249,17 +267,18 @@ def attention_explorer(attention: list[Tensor], tokens: list[str]):
         raise ValueError(f"need one token per position: {t} positions, got {len(tokens)} tokens")
     labels = [visible_token(tok) for tok in tokens]
 
+    matrices = [weights[head].detach().float().cpu() for weights in attention for head in range(n_heads)]
+    names = [f"layer {layer}, head {head}" for layer in range(len(attention)) for head in range(n_heads)]
+    pngs = iter(_heatmap_pngs(matrices, labels, names))
     per_layer = []
-    for layer, weights in enumerate(attention):
+    for layer in range(len(attention)):
         views = []
         for head in range(n_heads):
-            w = weights[head].detach().float().cpu()
-            s = head_summary(w)
-            png = _heatmap_png(w, labels, f"layer {layer}, head {head}")
+            s = head_summary(matrices[layer * n_heads + head])
             summary = (f"<small>layer {layer}, head {head}: on average a query puts "
                        f"{s['self']:.0%} of its attention on itself, {s['previous']:.0%} on the previous token, "
                        f"{s['first']:.0%} on the first token and {s['other']:.0%} elsewhere.</small>")
-            views.append(widgets.VBox([widgets.Image(value=png, format="png"), widgets.HTML(summary)]))
+            views.append(widgets.VBox([widgets.Image(value=next(pngs), format="png"), widgets.HTML(summary)]))
         per_layer.append(widgets.Stack(views, selected_index=0))
     heatmaps = widgets.Stack(per_layer, selected_index=0)
     layer_box = widgets.ToggleButtons(options=[(str(i), i) for i in range(len(attention))], index=0,
