@@ -17,6 +17,7 @@ from torch import Tensor
 
 from labkit.attention import causal_mask, scaled_dot_product_attention
 from labkit.rope import apply_rope, rope_cos_sin, rope_inv_freq, rotate_half
+from labkit.checks import _passed
 
 
 def _call(fn: Callable, call: str, *args):
@@ -27,10 +28,6 @@ def _call(fn: Callable, call: str, *args):
         raise
     except Exception as e:
         raise AssertionError(f"{call} raised {type(e).__name__}: {e}") from e
-
-
-def _passed(name: str, checks: int) -> None:
-    print(f"✓ {name} passes {checks} checks")
 
 
 def _rand(*shape: int, seed: int) -> Tensor:

@@ -11,27 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from labkit.bpe import BPETokenizer, merge_pair, most_frequent_pair, train_bpe_naive
+from labkit.checks import _call, _passed, _short
 
 NO_SPLIT = r"(?s).+"  # one chunk: the whole text (what the lab's plain loop over one id list does)
-
-
-def _short(obj: object, limit: int = 160) -> str:
-    text = repr(obj)
-    return text if len(text) <= limit else text[:limit] + " ...]"
-
-
-def _call(fn: Callable, call: str, *args):
-    """fn(*args); NotImplementedError propagates (the blank lab must fail), other errors name the input."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as e:
-        raise AssertionError(f"{call} raised {type(e).__name__}: {e}") from e
-
-
-def _passed(name: str, checks: int) -> None:
-    print(f"✓ {name} passes {checks} checks")
 
 
 def _id_list(value: object, call: str) -> list[int]:

@@ -17,20 +17,7 @@ import torch
 from labkit import attention, llama
 from labkit.llama import Llama
 from labkit.sampling import top_p_filter as reference_top_p
-
-
-def _call(fn: Callable, call: str, *args):
-    """fn(*args); NotImplementedError propagates (the blank lab must fail), other errors name the input."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as e:
-        raise AssertionError(f"{call} raised {type(e).__name__}: {e}") from e
-
-
-def _passed(name: str, checks: int) -> None:
-    print(f"✓ {name} passes {checks} checks")
+from labkit.checks import _call, _passed
 
 
 def _tensor(value: object, call: str) -> torch.Tensor:

@@ -14,25 +14,7 @@ from numbers import Real
 import numpy as np
 
 from labkit.ngram import add_k_prob, count_ngrams, perplexity_from_log_probs
-
-
-def _short(obj: object, limit: int = 160) -> str:
-    text = repr(obj)
-    return text if len(text) <= limit else text[:limit] + " ...]"
-
-
-def _call(fn: Callable, call: str, *args):
-    """fn(*args); NotImplementedError propagates (the blank lab must fail), other errors name the input."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as e:
-        raise AssertionError(f"{call} raised {type(e).__name__}: {e}") from e
-
-
-def _passed(name: str, checks: int) -> None:
-    print(f"✓ {name} passes {checks} checks")
+from labkit.checks import _call, _passed, _short
 
 
 # ----------------------------------------------------------------------------------------------------------
