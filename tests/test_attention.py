@@ -12,13 +12,7 @@ from labkit.attention import (MultiHeadAttention, attention_explorer, causal_mas
 from labkit.rope import rope_tables
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and two busy test workers on two cores thrash with them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def rand(*shape, seed=0, dtype=torch.float64):

@@ -10,12 +10,7 @@ from labkit.checks.attention import check_apply_rope, check_causal_attention, ch
 from labkit.rope import apply_rope, rotate_half
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def causal_reference(q, k, v):

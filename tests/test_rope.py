@@ -10,13 +10,7 @@ from labkit.rope import (apply_rope, interpolate_positions, rope_cos_sin, rope_i
                          sinusoidal_encoding, yarn_attention_factor, yarn_inv_freq)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and two busy test workers on two cores thrash with them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def rand(*shape, seed=0, dtype=torch.float64):
