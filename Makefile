@@ -34,7 +34,7 @@ book: setup
 # Benchmarks print measured ratios (they never fail on speed); then pytest runs everything,
 # nbval re-executing the notebooks that book.yml lists, two workers, one notebook per worker.
 test: setup
-	$(OFFLINE) $(PY) benchmarks/ngram_counting.py
+	for b in benchmarks/*.py; do $(OFFLINE) $(PY) $$b || exit 1; done
 	$(OFFLINE) $(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 		--nbval-cell-timeout=300 -p no:cacheprovider tests $$($(PY) -m labkit.course notebooks)
 

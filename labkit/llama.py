@@ -12,8 +12,9 @@ MultiHeadAttention), `labkit.rope` (Llama's rotate-half RoPE) and `labkit.transf
 module wires them the way Llama does, with transformers' parameter names, so its logits equal transformers'
 `LlamaForCausalLM` for the same weights. Attention is spelled out here on purpose, along the readable path
 (rotate, repeat the key/value heads, attend): it is where chapter 5 inserts its KV-cache, and where the lab
-plugs in a student's `repeat_kv`. There is no cache yet: `forward` recomputes every position, and takes the
-positions as an argument, the seam chapter 5 needs to feed one new token at position t.
+plugs in a student's `repeat_kv`. Without a cache `forward` recomputes every position. Its `cache` argument is
+the seam chapter 5 uses: any object with `update(layer, k, v)`, `advance(n)` and `seen` (this module imports no
+cache: `labkit.kvcache` builds on this one, not the other way round).
 """
 from __future__ import annotations
 
@@ -130,19 +131,26 @@ class LlamaConfig:
 
 class LlamaAttention(MultiHeadAttention):
     """Chapter 3's attention module (its projections q_proj, k_proj, v_proj, o_proj and their checks), with
-    the forward pass written out: causal, grouped-query, RoPE on queries and keys."""
+    the forward pass written out: causal, grouped-query, RoPE on queries and keys.
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    `cache` (chapter 5) is any object with `update(layer, k, v) -> (k_all, v_all)`: it stores this step's
+    rotated keys and values and hands back every key and value the new queries may read, oldest first.
+    `mask` (bool [Tq, Tk], True = may attend) replaces the causal mask, e.g. for a sliding window."""
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         # [B, T, heads * head_dim] -> [B, heads, T, head_dim]: 9 query heads, but only 3 key/value heads
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # position enters through q and k only
-        # (chapter 5: the KV-cache stores k and v here, and puts the past ones in front of them)
+        if cache is not None:  # chapter 5: store the new k, v; attend over the past ones too
+            k, v = cache.update(layer, k, v)
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # query head h reads key/value head h // n_rep
-        y = scaled_dot_product_attention(q, k, v, causal=True)
+        # the new queries are the last T positions of the keys: causal_mask offsets the diagonal by Tk - T
+        y = scaled_dot_product_attention(q, k, v, causal=mask is None, mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -156,8 +164,9 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin)  # tokens exchange information
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, mask)  # tokens exchange information
         return h + self.mlp(self.post_attention_layernorm(h))       # each token on its own
 
 
@@ -175,16 +184,25 @@ class Llama(nn.Module):
         # Tied: the head is embed_tokens.weight itself (used in forward), so it is one parameter, counted once.
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for every position. `positions` [T] (default 0..T-1) are the absolute positions of the
-        T tokens, for RoPE; without a KV-cache they must be 0..T-1 for the result to mean anything."""
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for every position. `positions` [T] are the absolute positions of the T tokens, for RoPE:
+        by default 0..T-1, or, with a `cache`, the T positions after the `cache.seen` tokens it has already
+        seen. `cache` (chapter 5, e.g. `labkit.kvcache.KVCache`) keeps the keys and values of earlier calls,
+        so a call can feed only the new tokens; `cache.advance(T)` is called once every layer has stored them.
+        `mask` (bool [T, T_keys], True = may attend) replaces the causal mask."""
         ids = self._check_ids(ids)
         T = ids.shape[1]
-        positions = torch.arange(T, device=ids.device) if positions is None else self._check_positions(positions, T)
+        if positions is None:
+            start = cache.seen if cache is not None else 0
+            positions = torch.arange(start, start + T, device=ids.device)
+        positions = self._check_positions(positions, T)
         cos, sin = rope_cos_sin(positions, rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta))
         x = self.embed_tokens(ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i, mask)
+        if cache is not None:
+            cache.advance(T)
         x = self.norm(x)
         logits = F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
         return logits.float()
