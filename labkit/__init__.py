@@ -4,6 +4,11 @@ Chapter 1  n-gram language models          corpus (the offline corpus), ngram, n
 Chapter 2  tokenization, neural LMs        bpe (byte-level BPE + its explorer), mlp_lm, checks.bpe
 Chapter 3  attention and the transformer   attention, rope, transformer, checks.attention
 Chapter 4  SmolLM2-135M from scratch       llama, sampling (+ the next-token explorer), checks.llama
+Chapter 5  the KV-cache                    kvcache, streaming (attention sinks), paged (PagedAttention), checks.kvcache
+Chapter 6  MHA, MQA, GQA, MLA              gqa (head sharing, MQA conversion), mla (low-rank latent cache), checks.gqa
+Chapter 7  FlashAttention                  flash (tiled attention, online softmax, IO counts), checks.flash
+Chapter 8  GPU programming, Triton         gpu_sim (numba CUDA simulator), kernels.backend, kernels.basics,
+                                           kernels.flash (FlashAttention-2 in Triton), checks.kernels
 Shared     the real models, offline        models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
            small helpers                   scoring (log P of text), timing (best-of wall clock), viz (HTML bars)
            the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book
