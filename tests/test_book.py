@@ -164,3 +164,30 @@ def test_chapter_one_figures_math_and_widget_work(visit) -> None:
                            arg=[output.element_handle(), before], timeout=10_000)
     page.wait_for_load_state("networkidle")
     assert problems == []
+
+
+def _lesson_pages() -> list[tuple[str, int]]:
+    """(page, number of widget outputs) for every lesson notebook the manifest lists."""
+    import nbformat
+
+    pages = []
+    for c in manifest.load(ROOT / "book.yml").chapters:
+        for nb in c.notebooks:
+            cells = nbformat.read(ROOT / nb, as_version=4).cells
+            widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                          for cell in cells if cell.cell_type == "code" for o in cell.outputs)
+            pages.append((Path(nb).with_suffix(".html").as_posix(), widgets))
+    return pages
+
+
+@pytest.mark.parametrize("path, n_widgets", _lesson_pages())
+def test_every_lesson_page_opens_cleanly_and_renders_its_widgets(visit, path: str, n_widgets: int) -> None:
+    page, problems = visit(path)
+    page.wait_for_function("[...document.images].every(i => i.complete)", timeout=15_000)
+    broken = page.eval_on_selector_all("img", "imgs => imgs.filter(i => !i.naturalWidth).map(i => i.src)")
+    assert not broken, f"{path}: images that did not load: {broken}"
+    if n_widgets:  # the html-manager turned each stored widget view into DOM elements
+        page.wait_for_function(f"document.querySelectorAll('.cell_output .jupyter-widgets').length >= {n_widgets}",
+                               timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    assert problems == [], f"{path}: {problems}"
