@@ -1,0 +1,133 @@
+"""labkit.mla: SVD factors of the kv projections, the latent cache, and latent attention == its dense form."""
+import pytest
+import torch
+
+from labkit.llama import Llama, LlamaConfig
+from labkit.mla import LatentAttention, LatentCache, input_covariances, low_rank_kv, to_latent_kv
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+TINY = LlamaConfig(vocab_size=61, dim=48, n_layers=2, n_heads=6, n_kv_heads=3, hidden_dim=40, max_seq_len=64,
+                   rope_theta=500.0)
+FULL = min(2 * 3 * 8, 48)  # the stacked [w_k; w_v] is 48 x 48
+
+
+def tiny_llama(seed=0) -> Llama:
+    torch.manual_seed(seed)
+    model = Llama(TINY).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+IDS = torch.randint(0, TINY.vocab_size, (2, 13), generator=torch.Generator().manual_seed(1))
+
+
+def test_full_rank_reproduces_the_projections():
+    g = torch.Generator().manual_seed(0)
+    w_k, w_v = torch.randn(24, 40, generator=g), torch.randn(24, 40, generator=g)
+    down, uk, uv = low_rank_kv(w_k, w_v, 40)
+    assert down.shape == (40, 40) and uk.shape == uv.shape == (24, 40)
+    torch.testing.assert_close(uk @ down, w_k, atol=1e-4, rtol=0)
+    torch.testing.assert_close(uv @ down, w_v, atol=1e-4, rtol=0)
+    x = torch.randn(500, 40, generator=g)
+    down, uk, uv = low_rank_kv(w_k, w_v, 40, whitening=x.T @ x / 500)
+    torch.testing.assert_close(uk @ down, w_k, atol=1e-3, rtol=0)
+
+
+def test_error_shrinks_with_rank_and_whitening_helps_on_its_inputs():
+    g = torch.Generator().manual_seed(0)
+    w_k, w_v = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    x = torch.randn(400, 32, generator=g) * torch.logspace(0, -2, 32)  # very unequal input directions
+    cov, w = x.T @ x / 400, torch.cat([w_k, w_v])
+    errors, white_errors = [], []
+    for r in (4, 8, 16, 24):
+        down, uk, uv = low_rank_kv(w_k, w_v, r)
+        errors.append(float((torch.cat([uk, uv]) @ down - w).norm()))
+        down, uk, uv = low_rank_kv(w_k, w_v, r, whitening=cov)
+        white = float(((torch.cat([uk, uv]) @ down - w) @ x.T).norm())
+        plain = float(((torch.cat([uk, uv]) @ low_rank_kv(w_k, w_v, r)[0]) @ x.T - w @ x.T).norm())
+        assert white <= plain + 1e-4  # best on the inputs it was fitted to
+        white_errors.append(white)
+    assert errors == sorted(errors, reverse=True) and white_errors == sorted(white_errors, reverse=True)
+
+
+def test_low_rank_errors():
+    w = torch.zeros(6, 10)
+    with pytest.raises(ValueError, match=r"rank must be an int in \[1, 10\]"):
+        low_rank_kv(w, w, 11)
+    with pytest.raises(ValueError, match=r"rank must be an int in \[1, 10\]"):
+        low_rank_kv(w, w, 0)
+    with pytest.raises(ValueError, match="same shape"):
+        low_rank_kv(w, torch.zeros(4, 10), 2)
+    with pytest.raises(ValueError, match=r"\[10, 10\] covariance"):
+        low_rank_kv(w, w, 2, whitening=torch.eye(9))
+
+
+@torch.no_grad()
+def test_full_rank_latent_model_reproduces_the_logits():
+    model = tiny_llama()
+    torch.testing.assert_close(to_latent_kv(model, FULL)(IDS), model(IDS), atol=1e-4, rtol=0)
+    cov = input_covariances(model, IDS)
+    torch.testing.assert_close(to_latent_kv(model, FULL, cov)(IDS), model(IDS), atol=1e-3, rtol=0)
+
+
+@torch.no_grad()
+def test_latent_attention_is_the_dense_low_rank_projection():
+    """Attention through the latent equals ordinary attention with k_proj = W_uk W_down, v_proj = W_uv W_down."""
+    model = tiny_llama()
+    latent = to_latent_kv(model, 10)
+    dense = tiny_llama()
+    for a, b in zip(latent.layers, dense.layers):
+        b.self_attn.k_proj.weight.copy_(a.self_attn.k_up.weight @ a.self_attn.kv_down.weight)
+        b.self_attn.v_proj.weight.copy_(a.self_attn.v_up.weight @ a.self_attn.kv_down.weight)
+    torch.testing.assert_close(latent(IDS), dense(IDS), atol=1e-5, rtol=0)
+    assert not torch.allclose(latent(IDS), model(IDS), atol=1e-2)  # rank 10 of 48 does change the model
+
+
+@torch.no_grad()
+def test_cached_decoding_equals_the_uncached_forward():
+    model = to_latent_kv(tiny_llama(), 12)
+    full = model(IDS)
+    cache = LatentCache(model.cfg, rank=12, batch=2, max_len=16)
+    steps = [model(IDS[:, :5], cache=cache)]  # prefill
+    for t in range(5, IDS.shape[1]):           # then one token at a time
+        steps.append(model(IDS[:, t:t + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+    assert cache.seen == IDS.shape[1] and cache.c.shape == (2, 2, 16, 12)  # the cache holds only latents
+    assert cache.nbytes == 2 * 2 * 16 * 12 * 4
+
+
+def test_latent_cache_errors():
+    cache = LatentCache(TINY, rank=4, batch=1, max_len=3)
+    with pytest.raises(ValueError, match="layer must lie in"):
+        cache.update(2, torch.zeros(1, 1, 4))
+    with pytest.raises(ValueError, match=r"\(batch, rank\) = \(1, 4\)"):
+        cache.update(0, torch.zeros(1, 1, 5))
+    with pytest.raises(ValueError, match="would need 4"):
+        cache.update(0, torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="rank must be an int >= 1"):
+        LatentCache(TINY, rank=0)
+    model = to_latent_kv(tiny_llama(), 4)
+    from labkit.kvcache import KVCache
+    with pytest.raises(TypeError, match="needs a LatentCache"):
+        model(IDS, cache=KVCache(TINY, batch=2, max_len=20))
+
+
+@torch.no_grad()
+def test_input_covariances_first_layer():
+    model = tiny_llama()
+    x = model.layers[0].input_layernorm(model.embed_tokens(IDS)).reshape(-1, 48).double()
+    cov = input_covariances(model, IDS)
+    assert len(cov) == 2
+    torch.testing.assert_close(cov[0], x.T @ x / x.shape[0], atol=1e-9, rtol=1e-6)
+    with pytest.raises(ValueError, match="one matrix per layer"):
+        to_latent_kv(model, 4, cov[:1])
+
+
+@pytest.mark.slow  # loads SmolLM2
+def test_smollm2_full_rank_latent_equals_smollm2():
+    model = Llama.from_pretrained()
+    ids = torch.tensor([[504, 3458, 282, 4649, 314, 253, 1345, 30]])
+    with torch.no_grad():
+        torch.testing.assert_close(to_latent_kv(model, 384)(ids), model(ids), atol=2e-3, rtol=0)
