@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from .attention import scaled_dot_product_attention
 from .llama import Llama, LlamaConfig
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
-from .sampling import _check_temperature, sample_next
+from .sampling import _check_generate_args, sample_next
 
 
 def cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, bytes_per_value: int = 4) -> int:
@@ -189,14 +189,7 @@ def generate(model: Llama, ids: torch.Tensor, max_new_tokens: int, temperature: 
     """
     if not isinstance(model, Llama):
         raise TypeError(f"model must be labkit's Llama (the cache plugs into its attention), got {type(model).__name__}")
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] == 0 or ids.is_floating_point():
-        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise ValueError(f"ids must be an integer tensor [batch, time] with time >= 1, got {shape}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if _check_temperature(temperature) > 0 and not isinstance(generator, torch.Generator):
-        raise TypeError("sampling (temperature > 0) needs a seeded torch.Generator, "
-                        "e.g. generator=torch.Generator().manual_seed(0)")
+    _check_generate_args(ids, max_new_tokens, temperature, generator)
     if cache is None:
         cache = KVCache(model.cfg, batch=ids.shape[0], max_len=ids.shape[1] + max(max_new_tokens, 1))
     elif cache.seen != 0:

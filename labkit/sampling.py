@@ -147,6 +147,18 @@ def _next_logits(model: Callable, ids: torch.Tensor) -> torch.Tensor:
     return logits[:, -1].float()
 
 
+def _check_generate_args(ids: object, max_new_tokens: object, temperature: object, generator: object) -> None:
+    """The checks every generation loop makes (this one and chapter 5's cached `labkit.kvcache.generate`)."""
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] == 0 or ids.is_floating_point():
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"ids must be an integer tensor [batch, time] with time >= 1, got {shape}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if _check_temperature(temperature) > 0 and not isinstance(generator, torch.Generator):
+        raise TypeError("sampling (temperature > 0) needs a seeded torch.Generator, "
+                        "e.g. generator=torch.Generator().manual_seed(0)")
+
+
 @torch.no_grad()
 def generate(model: Callable, ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
@@ -158,14 +170,7 @@ def generate(model: Callable, ids: torch.Tensor, max_new_tokens: int, temperatur
     is padded with eos_id; the loop stops early once every row is finished (as transformers' generate does
     when its pad token is the eos token).
     """
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] == 0 or ids.is_floating_point():
-        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise ValueError(f"ids must be an integer tensor [batch, time] with time >= 1, got {shape}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if _check_temperature(temperature) > 0 and not isinstance(generator, torch.Generator):
-        raise TypeError("sampling (temperature > 0) needs a seeded torch.Generator, "
-                        "e.g. generator=torch.Generator().manual_seed(0)")
+    _check_generate_args(ids, max_new_tokens, temperature, generator)
     finished = torch.zeros(ids.shape[0], dtype=torch.bool)
     for _ in range(max_new_tokens):
         logits = _next_logits(model, ids)  # the whole prefix, every step: chapter 5's motivation
