@@ -4,17 +4,15 @@ import torch
 
 from labkit.checks.kvcache import (check_cache_update, check_cache_update_in_model, check_kept_positions,
                                    check_kept_positions_in_model)
-from labkit.llama import Llama, LlamaConfig
 from labkit.streaming import kept_positions
+from tiny_llama import random_llama
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return Llama(LlamaConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
-                             max_seq_len=256)).eval()
+    return random_llama()
 
 
 def update_right(k_cache, v_cache, k_new, v_new, start):

@@ -10,6 +10,7 @@ from labkit.gqa import cache_table, convert_kv_heads, kv_head_of_query, perplexi
 from labkit.kvcache import cache_bytes
 from labkit.llama import Llama, LlamaConfig
 from labkit.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from tiny_llama import random_llama
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 TINY = LlamaConfig(vocab_size=61, dim=48, n_layers=2, n_heads=6, n_kv_heads=3, hidden_dim=40, max_seq_len=64,
@@ -17,12 +18,7 @@ TINY = LlamaConfig(vocab_size=61, dim=48, n_layers=2, n_heads=6, n_kv_heads=3, h
 
 
 def tiny_llama(cfg=TINY, seed=0) -> Llama:
-    torch.manual_seed(seed)
-    model = Llama(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+    return random_llama(cfg, seed, std=0.3)
 
 
 IDS = torch.randint(0, TINY.vocab_size, (2, 11), generator=torch.Generator().manual_seed(1))

@@ -4,6 +4,7 @@ import torch
 
 from labkit.llama import Llama, LlamaConfig
 from labkit.mla import LatentAttention, LatentCache, input_covariances, low_rank_kv, to_latent_kv
+from tiny_llama import random_llama
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 TINY = LlamaConfig(vocab_size=61, dim=48, n_layers=2, n_heads=6, n_kv_heads=3, hidden_dim=40, max_seq_len=64,
@@ -11,13 +12,8 @@ TINY = LlamaConfig(vocab_size=61, dim=48, n_layers=2, n_heads=6, n_kv_heads=3, h
 FULL = min(2 * 3 * 8, 48)  # the stacked [w_k; w_v] is 48 x 48
 
 
-def tiny_llama(seed=0) -> Llama:
-    torch.manual_seed(seed)
-    model = Llama(TINY).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+def tiny_llama(cfg=TINY, seed=0) -> Llama:
+    return random_llama(cfg, seed, std=0.3)
 
 
 IDS = torch.randint(0, TINY.vocab_size, (2, 13), generator=torch.Generator().manual_seed(1))

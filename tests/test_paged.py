@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from labkit.attention import repeat_kv, scaled_dot_product_attention
 from labkit.kvcache import KVCache, generate
-from labkit.llama import Llama, LlamaConfig
 from labkit.paged import (BlockAllocator, PagedKVCache, Request, blocks_needed, gather, make_requests,
                           paged_attention, serving_explorer, simulate_serving)
+from tiny_llama import random_llama
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -94,9 +94,7 @@ def test_paged_attention_errors():
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return Llama(LlamaConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
-                             max_seq_len=256)).eval()
+    return random_llama()
 
 
 def test_paged_cache_generates_the_tokens_of_kvcache(tiny):

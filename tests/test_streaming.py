@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labkit.llama import Llama, LlamaConfig
 from labkit.streaming import SinkCache, binned_perplexity, kept_positions, sink_window_mask, token_nll
+from tiny_llama import random_llama
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -14,9 +14,7 @@ TOL = dict(atol=1e-5, rtol=1e-5)  # float32 logits of a tiny model; the orders o
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return Llama(LlamaConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
-                             max_seq_len=256)).eval()
+    return random_llama()
 
 
 def _decode(model, ids, cache, prefill=1):
