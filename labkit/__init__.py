@@ -11,8 +11,14 @@ Chapter 8  GPU programming, Triton         gpu_sim (numba CUDA simulator), kerne
                                            kernels.flash (FlashAttention-2 in Triton), checks.kernels
 Shared     the real models, offline        models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
            small helpers                   scoring (log P of text), timing (best-of wall clock), viz (HTML bars)
-           the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book
+           the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book,
+                                           course.cpu (which CPU kernels compute the floats)
 
 A module never imports a later chapter's module.
 """
+from labkit.course.cpu import check_settings as _check_settings
+
 __version__ = "0.1.0"
+# Fail here, naming the variable, if the environment asks for CPU kernels this machine cannot run: torch
+# would otherwise stop with "Illegal instruction" deep inside a kernel (see labkit/course/cpu.py).
+_check_settings()

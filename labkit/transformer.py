@@ -19,6 +19,7 @@ position interpolation or YaRN to run it beyond the length it was trained on.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import corpus, mlp_lm  # chapters 1-2: the corpus, and the MLP that chapter3_run trains for comparison
 from .attention import MultiHeadAttention
 from .rope import ROPE_SCALINGS, rope_tables
 
@@ -232,12 +234,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def train_gpt(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConfig(),
-              log_every: int = 0, log: Callable[[str], None] = print) -> dict[str, list[float]]:
+              log_every: int = 0, log: Callable[[str], None] = print,
+              stop_after: int | None = None) -> dict[str, list[float]]:
     """Train on random windows of config.context + 1 tokens (inputs and next-token targets).
 
     Seeded: the same model init, ids and cfg give the same losses. Returns {"step": [...], "loss": [...]}
     (every step's training loss); with log_every > 0, calls log() with the mean loss every log_every steps.
+    `stop_after` runs only the first steps of cfg's schedule: a live slice of a saved full run.
     """
+    if stop_after is not None and not (isinstance(stop_after, int) and 1 <= stop_after <= cfg.steps):
+        raise ValueError(f"stop_after must be an int in 1..{cfg.steps} (cfg.steps), got {stop_after!r}")
     if not isinstance(model, TinyGPT):
         raise TypeError(f"model must be a TinyGPT, got {type(model).__name__}")
     ids = _as_ids(train_ids, model.config.vocab_size, "train_ids")
@@ -254,7 +260,7 @@ def train_gpt(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConfig(
     offsets = torch.arange(t + 1)
     history: dict[str, list[float]] = {"step": [], "loss": []}
     model.train()
-    for step in range(cfg.steps):
+    for step in range(cfg.steps if stop_after is None else stop_after):
         starts = torch.randint(0, ids.numel() - t - 1, (cfg.batch_size,), generator=generator)
         batch = ids[starts[:, None] + offsets]  # [B, T+1]
         logits = model(batch[:, :-1])
@@ -369,3 +375,30 @@ def generate(model: TinyGPT, prompt_ids: object, n_new: int, temperature: float 
         probs = torch.softmax(model(x)[0, -1].double() / temperature, dim=-1)
         new.append(int(torch.multinomial(probs, 1, generator=generator)))
     return new
+
+
+def chapter3_run() -> tuple[dict, dict[str, Tensor]]:
+    """Chapter 3's saved run (labkit.course.saved): the tiny GPT, 900 steps on the character corpus, and
+    chapter 2's MLP trained beside it for the comparison. One thread, as the notebook. Returns (record, tensors)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = dict(context=64, d_model=96, n_layers=3, n_heads=4)
+        train_cfg = TrainConfig(steps=900, batch_size=16, lr=3e-3, warmup=30, seed=0)
+        text = corpus.load_corpus()
+        vocab = corpus.Vocab.build(corpus.char_tokens(text.train))
+        train_ids = vocab.encode(corpus.char_tokens(text.train))
+        torch.manual_seed(train_cfg.seed)
+        gpt = TinyGPT(GPTConfig(vocab_size=len(vocab), **cfg))
+        start = time.perf_counter()
+        history = train_gpt(gpt, train_ids, train_cfg)
+        gpt_seconds = time.perf_counter() - start
+        mlp, mlp_history = mlp_lm.train_mlp_lm(train_ids, len(vocab), mlp_lm.CHAPTER2_CONFIG, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    record = {"seed": train_cfg.seed, "torch_threads": 1, "gpt_config": cfg, "train_config": vars(train_cfg),
+              "loss": history["loss"], "gpt_seconds": round(gpt_seconds, 1),
+              "mlp_config": vars(mlp_lm.CHAPTER2_CONFIG), "mlp_seconds": round(mlp_history.seconds, 1)}
+    tensors = {**{f"gpt.{k}": v for k, v in gpt.state_dict().items()},
+               **{f"mlp.{k}": v for k, v in mlp.state_dict().items()}}
+    return record, tensors

@@ -66,3 +66,12 @@ def test_verified_notebooks_are_lessons_and_solutions_only():
     verified = m.verified_notebooks()
     assert all(not v.startswith("labs/") for v in verified)
     assert set(verified) == {nb for c in m.chapters for nb in (*c.notebooks, c.solution)}
+
+
+def test_portability_skips_need_a_listed_notebook_and_a_reason(tiny_course):
+    book = tiny_course / "book.yml"
+    book.write_text(book.read_text() + "portability_skip:\n  chapters/01-x/x.ipynb: ''\n  chapters/01-x/gone.ipynb: slow\n")
+    m = manifest.load(book)
+    assert sorted(m.problems()) == ["portability_skip names chapters/01-x/gone.ipynb, which is not a lesson or "
+                                    "solution in book.yml", "portability_skip: chapters/01-x/x.ipynb needs a reason"]
+    assert m.portable_notebooks() == ["solutions/01-x.ipynb"]

@@ -27,7 +27,8 @@ def _labs(args: argparse.Namespace) -> None:
 def _notebooks(args: argparse.Namespace) -> None:
     from labkit.course import manifest
 
-    print("\n".join(manifest.load().verified_notebooks()))
+    m = manifest.load()
+    print("\n".join(m.portable_notebooks() if args.portability else m.verified_notebooks()))
 
 
 def _execute(args: argparse.Namespace) -> None:
@@ -39,6 +40,18 @@ def _execute(args: argparse.Namespace) -> None:
     _labs(args)  # executing a solution refreshes its metadata, which its lab carries
 
 
+def _save(args: argparse.Namespace) -> None:
+    from labkit.course import saved
+
+    print(f"wrote {saved.save(args.name)}")
+
+
+def _portable_env(args: argparse.Namespace) -> None:
+    from labkit.course.cpu import PORTABLE
+
+    print(" ".join(f"{name}={value}" for name, value in PORTABLE.items()))
+
+
 # name -> (help, function). A command is one function taking the parsed args; imports stay inside it
 # so that `--help` is instant and one command's dependencies never break another.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], None]]] = {
@@ -48,8 +61,15 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], None]]] = {
     "labs": ("regenerate labs/ from solutions/ (solution markers become stubs)", _labs),
     "notebooks": ("print the notebooks nbval verifies (lessons and solutions), as book.yml lists them", _notebooks),
     "execute": ("execute notebooks in place to refresh their committed outputs (then run `make test`)", _execute),
+    "save": ("run one saved experiment in full and write results/NAME.json (+ .safetensors) for its notebook",
+             _save),
+    "portable-env": ("print the portability run's CPU-kernel settings as NAME=VALUE words (for `env`)",
+                     _portable_env),
 }
-ARGUMENTS = {"execute": lambda p: p.add_argument("paths", nargs="+", help="notebook files")}
+ARGUMENTS = {"execute": lambda p: p.add_argument("paths", nargs="+", help="notebook files"),
+             "notebooks": lambda p: p.add_argument("--portability", action="store_true",
+                                                   help="only those the portability run re-executes"),
+             "save": lambda p: p.add_argument("name", help="the run's name, e.g. 03-tiny-gpt (labkit.course.saved)")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,6 +67,7 @@ def make_lab(solution: nbformat.NotebookNode, where: str = "solution") -> nbform
     """The lab notebook for one solution notebook."""
     lab = copy.deepcopy(solution)
     lab.metadata.pop("widgets", None)
+    lab.metadata.pop("labkit", None)  # the solution's execution record is not the lab's
     cells = []
     for i, cell in enumerate(lab.cells):
         if "solution-only" in cell.metadata.get("tags", []):

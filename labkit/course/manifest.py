@@ -39,6 +39,8 @@ class Manifest:
     parts: tuple[Part, ...]
     appendix: tuple[str, ...] = ()
     publish_solutions: bool = False
+    # notebook -> why the portability run (make portability) skips it; every other verified notebook is in it
+    portability_skip: dict[str, str] = field(default_factory=dict)
     root: Path = field(default=ROOT, compare=False)
 
     @property
@@ -58,6 +60,10 @@ class Manifest:
                 out.append(c.solution)
         return out
 
+    def portable_notebooks(self) -> list[str]:
+        """The verified notebooks the portability run re-executes under other CPU kernels (labkit/course/cpu.py)."""
+        return [nb for nb in self.verified_notebooks() if nb not in self.portability_skip]
+
     def all_files(self) -> list[str]:
         files = [self.intro, *self.appendix]
         for c in self.chapters:
@@ -75,6 +81,12 @@ class Manifest:
                 rel = nb.relative_to(self.root).as_posix()
                 if ".ipynb_checkpoints" not in rel and rel not in listed:
                     out.append(f"{rel} is on disk but not in book.yml")
+        verified = self.verified_notebooks()
+        for nb, why in self.portability_skip.items():
+            if nb not in verified:
+                out.append(f"portability_skip names {nb}, which is not a lesson or solution in book.yml")
+            if not str(why or "").strip():
+                out.append(f"portability_skip: {nb} needs a reason")
         ids = [c.id for c in self.chapters]
         out += [f"chapter id {i} is used twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
         return out
@@ -111,5 +123,5 @@ def load(path: Path | str = MANIFEST) -> Manifest:
         title=_require(raw, "title", str(path)), author=raw.get("author", ""),
         intro=_require(raw, "intro", str(path)), parts=tuple(parts),
         appendix=tuple(raw.get("appendix", ())), publish_solutions=bool(raw.get("publish_solutions", False)),
-        root=path.resolve().parent,
+        portability_skip=dict(raw.get("portability_skip") or {}), root=path.resolve().parent,
     )

@@ -1,0 +1,99 @@
+"""Saved runs: an expensive experiment run once and saved, a cheap slice of it re-run live (shared/DESIGN.md).
+
+A trained model's last digits depend on the CPU that trained it (torch picks kernels by instruction set, and
+training amplifies a last-bit difference step by step), and training takes longer than a notebook's budget.
+So a notebook loads the full run from `results/NAME.json` (+ `results/NAME.safetensors` for weights), prints
+from it, and re-runs a short deterministic slice live, asserting it matches the record within a tolerance
+that holds on every CPU. A stale or hand-edited record then fails nbval.
+
+    python -m labkit.course save NAME     # run the full experiment and write results/NAME.*
+
+Each run is a function in RUNS returning (record, tensors): plain JSON-able numbers (its seed among them)
+and named tensors. The metadata says where, when and from which revision it ran, and how long it took.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from labkit.course.cpu import describe
+from labkit.course.manifest import ROOT
+
+RESULTS = ROOT / "results"
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    name: str
+    record: dict          # the experiment's own numbers
+    meta: dict            # machine, revision, wall time
+    tensors: dict[str, torch.Tensor]
+
+    def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors saved under `prefix.` (one model's weights), with the prefix removed."""
+        out = {k[len(prefix) + 1:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
+        if not out:
+            raise KeyError(f"saved run {self.name!r} has no tensors under {prefix!r}; it has "
+                           f"{sorted({k.split('.')[0] for k in self.tensors})}")
+        return out
+
+
+def _revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "labkit"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+        return rev + ("+uncommitted labkit changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def save(name: str, results: Path = RESULTS) -> Path:
+    """Run RUNS[name] in full and write results/NAME.json (and .safetensors if it returns tensors)."""
+    if name not in RUNS:
+        raise KeyError(f"no saved run named {name!r}; known: {', '.join(sorted(RUNS))}")
+    start = time.perf_counter()
+    record, tensors = RUNS[name]()
+    meta = {"cpu": describe(), "torch": torch.__version__, "python": platform.python_version(),
+            "revision": _revision(),
+            "seconds": round(time.perf_counter() - start, 1),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
+    path.write_text(json.dumps({"meta": meta, "record": record}, indent=1) + "\n")
+    if tensors:
+        save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, results / f"{name}.safetensors")
+    return path
+
+
+def load(name: str, results: Path = RESULTS) -> SavedRun:
+    path = results / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `python -m labkit.course save {name}` to make it")
+    data = json.loads(path.read_text())
+    weights = results / f"{name}.safetensors"
+    return SavedRun(name, data["record"], data["meta"], load_file(weights) if weights.is_file() else {})
+
+
+# ---- the runs: name -> (the function that runs it, the code whose change makes the saved record stale) ----------
+
+def _tiny_gpt() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.transformer import chapter3_run
+
+    return chapter3_run()
+
+
+RUNS: dict[str, Callable[[], tuple[dict, dict[str, torch.Tensor]]]] = {"03-tiny-gpt": _tiny_gpt}
+MEASURES: dict[str, tuple[str, ...]] = {
+    "03-tiny-gpt": ("labkit/transformer.py", "labkit/attention.py", "labkit/rope.py", "labkit/mlp_lm.py",
+                    "labkit/corpus.py"),
+}
