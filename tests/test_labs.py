@@ -44,6 +44,8 @@ def test_lab_has_no_solution_code_or_outputs(solution, lab):
     text = "".join(c.source for c in nb.cells)
     assert "BEGIN SOLUTION" not in text and "NotImplementedError" in text
     assert any(labs.check_name(c) for c in nb.cells), f"{lab} has no graded check cells"
+    said = [i for i, c in enumerate(nb.cells) if re.search(r"this is the solution", c.source, re.I)]
+    assert not said, f"{lab} cells {said} say it is the solution notebook: tag them solution-only in {solution}"
 
 
 def _run(nb) -> dict[str, str | None]:

@@ -68,10 +68,21 @@ def test_verified_notebooks_are_lessons_and_solutions_only():
     assert set(verified) == {nb for c in m.chapters for nb in (*c.notebooks, c.solution)}
 
 
-def test_portability_skips_need_a_listed_notebook_and_a_reason(tiny_course):
+def test_portability_skips_need_a_listed_notebook_a_reason_and_a_current_digest(tiny_course):
     book = tiny_course / "book.yml"
-    book.write_text(book.read_text() + "portability_skip:\n  chapters/01-x/x.ipynb: ''\n  chapters/01-x/gone.ipynb: slow\n")
+    nb = tiny_course / "chapters" / "01-x" / "x.ipynb"
+    nb.write_text('{"cells": [{"cell_type": "code", "source": ["1 + 1"], "outputs": []}]}')
+    digest = manifest.content_digest(nb)
+    base = book.read_text()
+    book.write_text(base + f"portability_skip:\n  chapters/01-x/x.ipynb: {{why: slow, verified: {digest}}}\n")
     m = manifest.load(book)
-    assert sorted(m.problems()) == ["portability_skip names chapters/01-x/gone.ipynb, which is not a lesson or "
-                                    "solution in book.yml", "portability_skip: chapters/01-x/x.ipynb needs a reason"]
-    assert m.portable_notebooks() == ["solutions/01-x.ipynb"]
+    assert m.problems() == [] and m.portable_notebooks() == ["solutions/01-x.ipynb"]
+    nb.write_text('{"cells": [{"cell_type": "code", "source": ["1 + 2"], "outputs": []}]}')
+    assert manifest.load(book).problems() == [
+        "portability_skip: chapters/01-x/x.ipynb changed since it passed the portability run: run `make "
+        "portability NOTEBOOKS=chapters/01-x/x.ipynb`, then set its verified: to "
+        "`python -m labkit.course digest chapters/01-x/x.ipynb`"]
+    book.write_text(base + "portability_skip:\n  chapters/01-x/x.ipynb: {why: ''}\n  chapters/01-x/gone.ipynb: {}\n")
+    assert sorted(manifest.load(book).problems()) == [
+        "portability_skip names chapters/01-x/gone.ipynb, which is not a lesson or solution in book.yml",
+        "portability_skip: chapters/01-x/x.ipynb needs a reason (why:)"]

@@ -46,6 +46,13 @@ def _save(args: argparse.Namespace) -> None:
     print(f"wrote {saved.save(args.name)}")
 
 
+def _digest(args: argparse.Namespace) -> None:
+    from labkit.course.manifest import content_digest
+
+    for path in args.paths:
+        print(content_digest(path), path)
+
+
 def _portable_env(args: argparse.Namespace) -> None:
     from labkit.course.cpu import PORTABLE
 
@@ -63,10 +70,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], None]]] = {
     "execute": ("execute notebooks in place to refresh their committed outputs (then run `make test`)", _execute),
     "save": ("run one saved experiment in full and write results/NAME.json (+ .safetensors) for its notebook",
              _save),
+    "digest": ("print the content digest of notebooks (book.yml's portability_skip records it)", _digest),
     "portable-env": ("print the portability run's CPU-kernel settings as NAME=VALUE words (for `env`)",
                      _portable_env),
 }
 ARGUMENTS = {"execute": lambda p: p.add_argument("paths", nargs="+", help="notebook files"),
+             "digest": lambda p: p.add_argument("paths", nargs="+", help="notebook files"),
              "notebooks": lambda p: p.add_argument("--portability", action="store_true",
                                                    help="only those the portability run re-executes"),
              "save": lambda p: p.add_argument("name", help="the run's name, e.g. 03-tiny-gpt (labkit.course.saved)")}

@@ -39,8 +39,9 @@ class Manifest:
     parts: tuple[Part, ...]
     appendix: tuple[str, ...] = ()
     publish_solutions: bool = False
-    # notebook -> why the portability run (make portability) skips it; every other verified notebook is in it
-    portability_skip: dict[str, str] = field(default_factory=dict)
+    # notebook -> {why: the reason the portability run (make portability) skips it, verified: its content digest
+    # when it last passed that run}; every other verified notebook is in the run
+    portability_skip: dict[str, dict] = field(default_factory=dict)
     root: Path = field(default=ROOT, compare=False)
 
     @property
@@ -82,14 +83,41 @@ class Manifest:
                 if ".ipynb_checkpoints" not in rel and rel not in listed:
                     out.append(f"{rel} is on disk but not in book.yml")
         verified = self.verified_notebooks()
-        for nb, why in self.portability_skip.items():
+        for nb, entry in self.portability_skip.items():
             if nb not in verified:
                 out.append(f"portability_skip names {nb}, which is not a lesson or solution in book.yml")
-            if not str(why or "").strip():
-                out.append(f"portability_skip: {nb} needs a reason")
+                continue
+            if not isinstance(entry, dict) or not str(entry.get("why") or "").strip():
+                out.append(f"portability_skip: {nb} needs a reason (why:)")
+            elif entry.get("verified") != content_digest(self.root / nb):
+                out.append(f"portability_skip: {nb} changed since it passed the portability run: run `make "
+                           f"portability NOTEBOOKS={nb}`, then set its verified: to "
+                           f"`python -m labkit.course digest {nb}`")
         ids = [c.id for c in self.chapters]
         out += [f"chapter id {i} is used twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
         return out
+
+
+SKIPPED_MIME = ("image/png", "image/jpeg")
+
+
+def content_digest(path: Path) -> str:
+    """A digest of what nbval compares in a notebook: cell sources and outputs, without what changes on every
+    run anyway (metadata with its timings, outputs of cells marked NBVAL_IGNORE_OUTPUT, widget model ids, and
+    PNG/JPEG images, which nbval does not compare)."""
+    import hashlib
+    import json
+
+    def compared(cell: dict) -> list:
+        source = "".join(cell["source"])
+        if source.lstrip().startswith("# NBVAL_IGNORE_OUTPUT"):
+            return []
+        return [{k: v for k, v in o.get("data", {}).items() if "widget" not in k and k not in SKIPPED_MIME} if "data" in o else o
+                for o in cell.get("outputs", [])]
+
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    kept = [(c["cell_type"], "".join(c["source"]), compared(c)) for c in cells]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _require(d: dict, key: str, where: str):

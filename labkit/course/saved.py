@@ -46,13 +46,14 @@ class SavedRun:
         return out
 
 
-def _revision() -> str:
+def _revision(code: tuple[str, ...]) -> str:
+    """HEAD's commit, marked if the measured code has uncommitted changes (then no commit describes it)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "labkit"], cwd=ROOT, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *code], cwd=ROOT, capture_output=True,
                                text=True).stdout.strip()
-        return rev + ("+uncommitted labkit changes" if dirty else "")
+        return rev + ("+uncommitted changes to the measured code" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -64,7 +65,7 @@ def save(name: str, results: Path = RESULTS) -> Path:
     start = time.perf_counter()
     record, tensors = RUNS[name]()
     meta = {"cpu": describe(), "torch": torch.__version__, "python": platform.python_version(),
-            "revision": _revision(),
+            "revision": _revision(MEASURES.get(name, ("labkit",))),
             "seconds": round(time.perf_counter() - start, 1),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     results.mkdir(parents=True, exist_ok=True)
