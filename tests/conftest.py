@@ -1,18 +1,5 @@
-"""Test-wide setup: offline model hubs, a network guard in this process and every kernel it starts."""
-import os
-import sys
-from pathlib import Path
-
-OFFLINE = Path(__file__).parent / "offline"
-
-# Set before anything imports transformers/huggingface_hub; inherited by nbval's kernels.
-os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                  HF_HUB_DISABLE_TELEMETRY="1", PYTHONHASHSEED="0")
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(OFFLINE), os.environ.get("PYTHONPATH")]))
-sys.path.insert(0, str(OFFLINE))
-import sitecustomize  # noqa: E402,F401  (the guard, for this process; children import it themselves)
-
-import pytest  # noqa: E402
+"""Fixtures of the unit tests (the test-wide setup is in the repository root's conftest.py)."""
+import pytest
 
 
 @pytest.fixture(scope="module")
@@ -25,38 +12,3 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# Each notebook's execution time under nbval: setup (kernel start), every cell, teardown, summed per file.
-# Under xdist the controller receives every worker's reports, so it alone sees the whole picture.
-_NOTEBOOK_SECONDS: dict[str, float] = {}
-
-
-def pytest_runtest_logreport(report):
-    path = report.nodeid.split("::", 1)[0]
-    if path.endswith(".ipynb"):
-        _NOTEBOOK_SECONDS[path] = _NOTEBOOK_SECONDS.get(path, 0.0) + report.duration
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session, exitstatus):
-    """Print every notebook's time and fail the run when one exceeds the per-notebook budget (DESIGN.md).
-    The portability run (slower kernels on purpose) prints the table but is not held to the budget."""
-    if hasattr(session.config, "workerinput") or not _NOTEBOOK_SECONDS:
-        return
-    from labkit.course.execute import BUDGET_S
-
-    portable = os.environ.get("LABKIT_PORTABILITY") == "1"
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"{s:7.1f} s  {p}" for p, s in sorted(_NOTEBOOK_SECONDS.items(), key=lambda kv: -kv[1])]
-    over = [p for p, s in _NOTEBOOK_SECONDS.items() if s > BUDGET_S]
-    if reporter is not None:
-        reporter.write_sep("=", f"notebook execution times (budget {BUDGET_S} s each"
-                                + (", not enforced in the portability run)" if portable else ")"))
-        for line in lines:
-            reporter.write_line(line)
-    if over and not portable:
-        if reporter is not None:
-            reporter.write_line(f"FAILED: over the {BUDGET_S} s per-notebook budget: {', '.join(sorted(over))}",
-                                red=True, bold=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,7 +1,7 @@
 """Every lesson and solution notebook records how long it took to execute, and stays within the budget.
 
 `python -m labkit.course execute` writes metadata.labkit.execution when it refreshes a notebook's outputs;
-conftest.py also times nbval's own re-execution and fails the run if a notebook exceeds the budget there.
+The root conftest.py also times nbval's own re-execution and fails the run if a notebook exceeds the budget there.
 """
 import nbformat
 import pytest

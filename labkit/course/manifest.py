@@ -101,22 +101,40 @@ class Manifest:
 SKIPPED_MIME = ("image/png", "image/jpeg")
 
 
-def content_digest(path: Path) -> str:
-    """A digest of what nbval compares in a notebook: cell sources and outputs, without what changes on every
-    run anyway (metadata with its timings, outputs of cells marked NBVAL_IGNORE_OUTPUT, widget model ids, and
-    PNG/JPEG images, which nbval does not compare)."""
+def content_digest(path: Path, sanitize: Path = ROOT / "tests" / "sanitize.cfg") -> str:
+    """A digest of what nbval runs and compares in a notebook: its code cells and their outputs, normalised as
+    nbval does (streams joined, tests/sanitize.cfg applied), less what nbval does not compare (outputs of
+    NBVAL_IGNORE_OUTPUT cells, widget views, PNG/JPEG images). Prose and metadata (with its timings) do not count."""
     import hashlib
     import json
+    import re
+
+    lines = sanitize.read_text().splitlines() if sanitize.is_file() else []
+    rules = [(re.compile(a.split(":", 1)[1].strip()), b.split(":", 1)[1].strip())
+             for a, b in zip(lines, lines[1:]) if a.startswith("regex:") and b.startswith("replace:")]
+
+    def clean(text: str) -> str:
+        for pattern, replacement in rules:
+            text = pattern.sub(replacement, text)
+        return text
 
     def compared(cell: dict) -> list:
-        source = "".join(cell["source"])
-        if source.lstrip().startswith("# NBVAL_IGNORE_OUTPUT"):
+        if "".join(cell["source"]).lstrip().startswith("# NBVAL_IGNORE_OUTPUT"):
             return []
-        return [{k: v for k, v in o.get("data", {}).items() if "widget" not in k and k not in SKIPPED_MIME} if "data" in o else o
-                for o in cell.get("outputs", [])]
+        streams: dict[str, str] = {}
+        out: list = []
+        for o in cell.get("outputs", []):
+            if o["output_type"] == "stream":
+                streams[o["name"]] = streams.get(o["name"], "") + "".join(o["text"])
+            elif "data" in o:
+                out.append({k: clean(v if isinstance(v, str) else "".join(v)) if isinstance(v, (str, list)) else v
+                            for k, v in o["data"].items() if "widget" not in k and k not in SKIPPED_MIME})
+            else:
+                out.append({k: v for k, v in o.items() if k != "execution_count"})
+        return [{k: clean(v) for k, v in sorted(streams.items())}, out]
 
     cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
-    kept = [(c["cell_type"], "".join(c["source"]), compared(c)) for c in cells]
+    kept = [("".join(c["source"]), compared(c)) for c in cells if c["cell_type"] == "code"]
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
