@@ -43,7 +43,7 @@ def pytest_sessionfinish(session, exitstatus):
     lines = [f"{s:7.1f} s  {p}" for p, s in sorted(_NOTEBOOK_SECONDS.items(), key=lambda kv: -kv[1])]
     over = [p for p, s in _NOTEBOOK_SECONDS.items() if s > BUDGET_S]
     if reporter is not None:
-        reporter.ensure_newline()
+        reporter.write_line("")
         reporter.write_sep("=", f"notebook execution times (budget {BUDGET_S} s each"
                                 + (", not enforced in the portability run)" if portable else ")"))
         for line in lines:

@@ -23,12 +23,15 @@ for every cached token at every step and rotates it by that token's position. Me
 compute does not (the up-projection runs over the whole cache each step).
 
     low_rank_kv            W_down, W_uk, W_uv of rank r from one attention layer (plain or whitened SVD)
+    kv_factors, KVFactors  the same SVD kept for every rank (model_kv_factors: all layers), for rank sweeps
     input_covariances      per-layer covariance of the attention inputs on calibration text
     LatentAttention        attention whose cache holds c; drop-in for labkit.llama.LlamaAttention
     LatentCache            preallocated [layers, batch, max_len, r] latents, the update/advance/seen interface
     to_latent_kv           SmolLM2 with every layer's k_proj, v_proj replaced by a rank-r latent
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,26 +42,35 @@ from .llama import Llama, LlamaAttention, LlamaConfig
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 
-def low_rank_kv(w_k: torch.Tensor, w_v: torch.Tensor, rank: int, whitening: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rank-`rank` factors of the stacked projection [w_k; w_v] ([2 * H_kv * D, dim]):
-    (W_down [rank, dim], W_uk [H_kv * D, rank], W_uv [H_kv * D, rank]) with [W_uk; W_uv] W_down ~ [w_k; w_v].
+@dataclass(frozen=True)
+class KVFactors:
+    """One layer's [w_k; w_v] ~ up[:, :r] @ down[:r] for every rank r at once (float64): the SVD is computed
+    once, and each rank keeps its leading part, so a sweep over ranks does not repeat it."""
+    up: torch.Tensor    # [2 * H_kv * D, full]: U S
+    down: torch.Tensor  # [full, dim]: V^T (plain) or V^T L^{-1} (whitened)
+    n_k: int            # the rows of w_k: up[:n_k] makes keys, up[n_k:] values
 
-    `whitening` (the inputs' covariance C [dim, dim], from `input_covariances`) makes the approximation best on
-    those inputs instead of best for the bare matrix. Computed in float64, returned as float32."""
+    def truncate(self, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(W_down [rank, dim], W_uk [H_kv * D, rank], W_uv [H_kv * D, rank]) in float32."""
+        full = self.down.shape[0]
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= full:
+            raise ValueError(f"rank must be an int in [1, {full}] (the rank of the stacked [w_k; w_v]), got {rank!r}")
+        up = self.up[:, :rank]
+        return self.down[:rank].float(), up[:self.n_k].float(), up[self.n_k:].float()
+
+
+def kv_factors(w_k: torch.Tensor, w_v: torch.Tensor, whitening: torch.Tensor | None = None) -> KVFactors:
+    """The SVD behind `low_rank_kv`, for every rank at once (see KVFactors)."""
     for name, w in (("w_k", w_k), ("w_v", w_v)):
         if not isinstance(w, torch.Tensor) or w.ndim != 2:
             raise ValueError(f"{name} must be a 2-D weight [H_kv * head_dim, dim], got "
                              f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
     if w_k.shape != w_v.shape:
         raise ValueError(f"w_k and w_v must have the same shape, got {tuple(w_k.shape)} and {tuple(w_v.shape)}")
-    full = min(2 * w_k.shape[0], w_k.shape[1])
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= full:
-        raise ValueError(f"rank must be an int in [1, {full}] (the rank of the stacked [w_k; w_v]), got {rank!r}")
     w = torch.cat([w_k, w_v]).double()
     if whitening is None:
         u, s, vt = torch.linalg.svd(w, full_matrices=False)
-        down = vt[:rank]
+        down = vt
     else:
         dim = w.shape[1]
         if not isinstance(whitening, torch.Tensor) or tuple(whitening.shape) != (dim, dim):
@@ -68,10 +80,29 @@ def low_rank_kv(w_k: torch.Tensor, w_v: torch.Tensor, rank: int, whitening: torc
         chol = torch.linalg.cholesky(c)  # C = L L^T, so ||W X||^2 summed over inputs = ||W L||^2 (times N)
         u, s, vt = torch.linalg.svd(w @ chol, full_matrices=False)
         # W ~ U_r S_r V_r^T L^{-1}: solve L^T Z = V_r rather than forming the inverse
-        down = torch.linalg.solve_triangular(chol.T, vt[:rank].T, upper=True).T
-    up = u[:, :rank] * s[:rank]
-    n = w_k.shape[0]
-    return down.float(), up[:n].float(), up[n:].float()
+        down = torch.linalg.solve_triangular(chol.T, vt.T, upper=True).T
+    return KVFactors(up=u * s, down=down, n_k=w_k.shape[0])
+
+
+def low_rank_kv(w_k: torch.Tensor, w_v: torch.Tensor, rank: int, whitening: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank-`rank` factors of the stacked projection [w_k; w_v] ([2 * H_kv * D, dim]):
+    (W_down [rank, dim], W_uk [H_kv * D, rank], W_uv [H_kv * D, rank]) with [W_uk; W_uv] W_down ~ [w_k; w_v].
+
+    `whitening` (the inputs' covariance C [dim, dim], from `input_covariances`) makes the approximation best on
+    those inputs instead of best for the bare matrix. Computed in float64, returned as float32."""
+    return kv_factors(w_k, w_v, whitening).truncate(rank)
+
+
+def model_kv_factors(model: Llama, covariances: list[torch.Tensor] | None = None) -> list[KVFactors]:
+    """`kv_factors` of every layer of `model` (plain, or whitened by `covariances`): pass them to
+    `to_latent_kv(..., factors=...)` to try many ranks for the price of one SVD per layer."""
+    if not isinstance(model, Llama):
+        raise TypeError(f"model must be labkit's Llama, got {type(model).__name__}")
+    if covariances is not None and len(covariances) != model.cfg.n_layers:
+        raise ValueError(f"covariances must hold one matrix per layer ({model.cfg.n_layers}), got {len(covariances)}")
+    return [kv_factors(layer.self_attn.k_proj.weight.detach(), layer.self_attn.v_proj.weight.detach(),
+                       None if covariances is None else covariances[i]) for i, layer in enumerate(model.layers)]
 
 
 @torch.no_grad()
@@ -199,18 +230,23 @@ class LatentAttention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
-def to_latent_kv(model: Llama, rank: int, covariances: list[torch.Tensor] | None = None) -> Llama:
+def to_latent_kv(model: Llama, rank: int, covariances: list[torch.Tensor] | None = None,
+                 factors: list[KVFactors] | None = None) -> Llama:
     """`model` with every layer's keys and values made from a rank-`rank` latent (plain SVD, or whitened by
-    `covariances` from `input_covariances`). Shares all other weights with `model`; use a `LatentCache`."""
+    `covariances` from `input_covariances`; or truncated from `factors`, see `model_kv_factors`). Shares all
+    other weights with `model`; use a `LatentCache`."""
     if not isinstance(model, Llama):
         raise TypeError(f"model must be labkit's Llama, got {type(model).__name__}")
     cfg = model.cfg
-    if covariances is not None and len(covariances) != cfg.n_layers:
-        raise ValueError(f"covariances must hold one matrix per layer ({cfg.n_layers}), got {len(covariances)}")
+    if factors is None:
+        factors = model_kv_factors(model, covariances)
+    elif covariances is not None:
+        raise ValueError("pass covariances or factors, not both (factors already hold the whitening)")
+    if len(factors) != cfg.n_layers:
+        raise ValueError(f"factors must hold one KVFactors per layer ({cfg.n_layers}), got {len(factors)}")
 
     def make_attention(i: int, attn: LlamaAttention) -> LatentAttention:
-        down, uk, uv = low_rank_kv(attn.k_proj.weight.detach(), attn.v_proj.weight.detach(), rank,
-                                   None if covariances is None else covariances[i])
+        down, uk, uv = factors[i].truncate(rank)
         return LatentAttention(attn.q_proj, attn.o_proj, down, uk, uv, cfg.n_heads, cfg.n_kv_heads, cfg.rope_theta)
 
     return share_except_attention(model, cfg, make_attention)

@@ -114,6 +114,33 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+# The other layout. The RoPE paper (Su et al. 2021) and Meta's original Llama code pair neighbours (2i, 2i+1);
+# Hugging Face's Llama, and so SmolLM2's weights, pair i with i + D/2. Both are right: converting a checkpoint
+# permutes the rows of each head's W_q and W_k so that the same pairs meet, and dot products ignore the order.
+
+def halves_to_interleaved(head_dim: int) -> Tensor:
+    """The permutation `perm` with x_interleaved = x_halves[..., perm]: slot 2i holds coordinate i, slot 2i+1
+    holds coordinate i + D/2. Indexing W_q's and W_k's rows of each head with it converts the weights."""
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
+        raise ValueError(f"head_dim must be an even int >= 2, got {head_dim!r}")
+    half = torch.arange(head_dim // 2)
+    return torch.stack((half, half + head_dim // 2), dim=-1).flatten()
+
+
+def apply_rope_interleaved(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE in the interleaved layout: each pair (x[2i], x[2i+1]) turned by its angle. Takes the same cos/sin
+    tables as `apply_rope` (whose two halves are equal) and equals it up to that permutation:
+    apply_rope_interleaved(x[..., perm], cos, sin) == apply_rope(x, cos, sin)[..., perm]."""
+    if not all(isinstance(t, Tensor) for t in (x, cos, sin)):
+        raise TypeError("x, cos and sin must be torch.Tensors")
+    if x.ndim < 2 or x.shape[-1] % 2 or cos.shape != sin.shape or cos.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f"apply_rope_interleaved expects x [..., T, D] with D even and cos/sin [T, D], got "
+                         f"{tuple(x.shape)}, {tuple(cos.shape)} and {tuple(sin.shape)}")
+    c, s = cos[..., : x.shape[-1] // 2], sin[..., : x.shape[-1] // 2]
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # context extension
 

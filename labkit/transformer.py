@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -377,28 +377,40 @@ def generate(model: TinyGPT, prompt_ids: object, n_new: int, temperature: float 
     return new
 
 
-def chapter3_run() -> tuple[dict, dict[str, Tensor]]:
+def chapter3_run(seeds: tuple[int, ...] = (0, 1, 2)) -> tuple[dict, dict[str, Tensor]]:
     """Chapter 3's saved run (labkit.course.saved): the tiny GPT, 900 steps on the character corpus, and
-    chapter 2's MLP trained beside it for the comparison. One thread, as the notebook. Returns (record, tensors)."""
+    chapter 2's MLP beside it, once per seed; the held-out perplexity of each on the same characters (every
+    one from position 64 on; the GPT in windows of 64 sliding by 16). One thread, as the notebook.
+    Returns (record, tensors): the first seed's losses and both models' weights, every seed's perplexities."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         cfg = dict(context=64, d_model=96, n_layers=3, n_heads=4)
-        train_cfg = TrainConfig(steps=900, batch_size=16, lr=3e-3, warmup=30, seed=0)
         text = corpus.load_corpus()
         vocab = corpus.Vocab.build(corpus.char_tokens(text.train))
         train_ids = vocab.encode(corpus.char_tokens(text.train))
-        torch.manual_seed(train_cfg.seed)
-        gpt = TinyGPT(GPTConfig(vocab_size=len(vocab), **cfg))
-        start = time.perf_counter()
-        history = train_gpt(gpt, train_ids, train_cfg)
-        gpt_seconds = time.perf_counter() - start
-        mlp, mlp_history = mlp_lm.train_mlp_lm(train_ids, len(vocab), mlp_lm.CHAPTER2_CONFIG, progress=False)
+        heldout_ids = vocab.encode(corpus.char_tokens(text.heldout))
+        first = cfg["context"]
+        runs = []
+        for seed in seeds:
+            train_cfg = TrainConfig(steps=900, batch_size=16, lr=3e-3, warmup=30, seed=seed)
+            torch.manual_seed(seed)
+            gpt = TinyGPT(GPTConfig(vocab_size=len(vocab), **cfg))
+            start = time.perf_counter()
+            history = train_gpt(gpt, train_ids, train_cfg)
+            gpt_seconds = time.perf_counter() - start
+            mlp, mlp_history = mlp_lm.train_mlp_lm(train_ids, len(vocab), replace(mlp_lm.CHAPTER2_CONFIG, seed=seed),
+                                                   progress=False)
+            gpt_ppl = float(np.exp(-token_log_probs(gpt, heldout_ids, stride=16)[first - 1:].mean()))
+            mlp_ppl = float(np.exp(-mlp_lm.log_probs(mlp, heldout_ids, context=first).mean()))
+            runs.append((train_cfg, history, gpt_seconds, gpt, mlp, mlp_history, gpt_ppl, mlp_ppl))
     finally:
         torch.set_num_threads(threads)
+    train_cfg, history, gpt_seconds, gpt, mlp, mlp_history = runs[0][:6]
     record = {"seed": train_cfg.seed, "torch_threads": 1, "gpt_config": cfg, "train_config": vars(train_cfg),
               "loss": history["loss"], "gpt_seconds": round(gpt_seconds, 1),
-              "mlp_config": vars(mlp_lm.CHAPTER2_CONFIG), "mlp_seconds": round(mlp_history.seconds, 1)}
+              "mlp_config": vars(mlp_lm.CHAPTER2_CONFIG), "mlp_seconds": round(mlp_history.seconds, 1),
+              "seeds": list(seeds), "gpt_heldout_ppl": [r[6] for r in runs], "mlp_heldout_ppl": [r[7] for r in runs]}
     tensors = {**{f"gpt.{k}": v for k, v in gpt.state_dict().items()},
                **{f"mlp.{k}": v for k, v in mlp.state_dict().items()}}
     return record, tensors

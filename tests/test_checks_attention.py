@@ -128,7 +128,7 @@ def test_checks_accept_other_correct_answers(capsys):
     (check_causal_attention, attention_scaled_by_d, "wrong output; first difference"),
     (check_causal_attention, attention_zero_mask, "wrong output"),
     (check_causal_attention, attention_numpy, "should return a torch.Tensor"),
-    (check_rotate_half, rotate_interleaved, "the wrong pairs"),
+    (check_rotate_half, rotate_interleaved, "the interleaved layout"),
     (check_rotate_half, rotate_wrong_sign, "the wrong sign"),
     (check_rotate_half, rotate_not_swapped, "not swapped"),
     (check_rotate_half, rotate_drops_a_half, r"should return shape \(4,\)"),

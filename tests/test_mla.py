@@ -127,3 +127,21 @@ def test_smollm2_full_rank_latent_equals_smollm2():
     ids = torch.tensor([[504, 3458, 282, 4649, 314, 253, 1345, 30]])
     with torch.no_grad():
         torch.testing.assert_close(to_latent_kv(model, 384)(ids), model(ids), atol=2e-3, rtol=0)
+
+
+@torch.no_grad()
+def test_factors_computed_once_give_the_same_latent_models():
+    """A rank sweep reuses one SVD per layer (model_kv_factors): each rank equals computing it afresh."""
+    from labkit.mla import model_kv_factors
+
+    model = tiny_llama()
+    cov = input_covariances(model, IDS)
+    for covariances in (None, cov):
+        factors = model_kv_factors(model, covariances)
+        for r in (3, 10):
+            torch.testing.assert_close(to_latent_kv(model, r, factors=factors)(IDS),
+                                       to_latent_kv(model, r, covariances)(IDS), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="pass covariances or factors, not both"):
+        to_latent_kv(model, 4, cov, factors=model_kv_factors(model, cov))
+    with pytest.raises(ValueError, match="one KVFactors per layer"):
+        to_latent_kv(model, 4, factors=model_kv_factors(model)[:1])

@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labkit import rope
 from labkit.rope import (apply_rope, interpolate_positions, rope_cos_sin, rope_inv_freq, rope_tables, rotate_half,
                          sinusoidal_encoding, yarn_attention_factor, yarn_inv_freq)
 
@@ -230,3 +231,26 @@ def test_extension_errors():
         yarn_inv_freq(16, 10000.0, 0.0, 64)
     with pytest.raises(ValueError, match="attention_factor"):
         rope_cos_sin(torch.arange(3), rope_inv_freq(8), attention_factor=0)
+
+
+def test_interleaved_layout_equals_halves_up_to_the_permutation():
+    """Meta's layout (pairs 2i, 2i+1) and Hugging Face's (pairs i, i + D/2) are the same rotation of permuted
+    coordinates, so permuted W_q/W_k rows give identical attention scores."""
+    d, t = 16, 11
+    cos, sin = (u.double() for u in rope.rope_tables(t, d))
+    perm = rope.halves_to_interleaved(d)
+    assert perm.tolist()[:6] == [0, 8, 1, 9, 2, 10] and sorted(perm.tolist()) == list(range(d))
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, t, d, generator=g, dtype=torch.float64)
+    halves_q, halves_k = rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin)
+    inter_q, inter_k = rope.apply_rope_interleaved(q[..., perm], cos, sin), rope.apply_rope_interleaved(k[..., perm], cos, sin)
+    torch.testing.assert_close(inter_q, halves_q[..., perm], rtol=0, atol=1e-12)
+    torch.testing.assert_close(inter_q @ inter_k.transpose(-1, -2), halves_q @ halves_k.transpose(-1, -2),
+                               rtol=0, atol=1e-12)
+    assert not torch.allclose(rope.apply_rope_interleaved(q, cos, sin), halves_q)  # unpermuted: different
+
+
+@pytest.mark.parametrize("bad", [0, 3, True, 2.0])
+def test_halves_to_interleaved_refuses_odd_or_non_int(bad):
+    with pytest.raises(ValueError, match="head_dim must be an even int"):
+        rope.halves_to_interleaved(bad)

@@ -121,8 +121,9 @@ def _rotate_variants(x: Tensor) -> dict[str, Tensor]:
     return {
         "the wrong sign: rotate_half(x1, x2) = (-x2, x1), you return (x2, -x1)": torch.cat((x2, -x1), -1),
         "the halves are swapped but neither is negated: rotate_half(x1, x2) = (-x2, x1)": torch.cat((x2, x1), -1),
-        "the wrong pairs: the Llama layout pairs coordinate i with i + d/2 (the two halves), not neighbours "
-        "(2i, 2i+1)": interleaved,
+        "the interleaved layout: you pair neighbours (2i, 2i+1), as the RoPE paper and Meta's original Llama "
+        "code do. That layout is right for weights stored to match it; the weights here (Hugging Face's Llama, "
+        "SmolLM2) pair coordinate i with i + d/2, the two halves, so rotate_half must split x into halves": interleaved,
         "the halves are not swapped: rotate_half(x1, x2) = (-x2, x1)": torch.cat((-x1, x2), -1),
     }
 

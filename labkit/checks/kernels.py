@@ -36,11 +36,19 @@ def guarded(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, fill: fl
     return buffer, view
 
 
-def guarded_input(x: torch.Tensor, pad: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """x copied into the middle of a NaN-filled buffer: (buffer, view equal to x)."""
-    buffer, view = guarded(tuple(x.shape), x.dtype, float("nan"), pad)
-    view.copy_(x)
-    return buffer, view
+def guarded_input(x: torch.Tensor, pad: int = 64, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """x copied into the middle of a NaN-filled buffer: (buffer, view equal to x). With `transposed` (2-D x),
+    the buffer holds x.T and the view is its transpose: column-major, so the view's *last* dim has the large
+    stride and its first dim stride 1 (a kernel that assumes an inner stride of 1 reads the wrong elements)."""
+    if not transposed:
+        buffer, view = guarded(tuple(x.shape), x.dtype, float("nan"), pad)
+        view.copy_(x)
+        return buffer, view
+    if x.ndim != 2:
+        raise ValueError(f"transposed needs a 2-D tensor, got {x.ndim}-D")
+    buffer, view_t = guarded(tuple(x.shape[::-1]), x.dtype, float("nan"), pad)
+    view_t.copy_(x.T)
+    return buffer, view_t.T
 
 
 def band_changed(buffer: torch.Tensor, view_shape: tuple[int, ...], fill: float, pad: int = 64) -> int:
@@ -157,19 +165,27 @@ def check_softmax_kernel(kernel: Callable) -> None:
 
 def check_matmul_kernel(kernel: Callable) -> None:
     """matmul_kernel(a, b, c, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
-    BLOCK_M, BLOCK_N, BLOCK_K) on grid (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)): c = a @ b."""
+    BLOCK_M, BLOCK_N, BLOCK_K) on grid (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)): c = a @ b.
+
+    Every stride matters: a and b come row-major (inner stride 1) and column-major (a transposed view, inner
+    stride > 1), so a kernel that ignores stride_ak or stride_bn fails here."""
     gen = torch.Generator().manual_seed(2)
-    cases = [((16, 16, 16), torch.float32), ((32, 48, 64), torch.float32), ((20, 30, 40), torch.float32),
-             ((33, 17, 50), torch.float16), ((5, 40, 7), torch.float32)]
+    # (m, n, k), dtype, a column-major?, b column-major?
+    cases = [((16, 16, 16), torch.float32, False, False), ((32, 48, 64), torch.float32, False, False),
+             ((20, 30, 40), torch.float32, False, False), ((33, 17, 50), torch.float16, False, False),
+             ((5, 40, 7), torch.float32, False, False), ((24, 20, 40), torch.float32, True, False),
+             ((18, 36, 33), torch.float32, False, True), ((40, 24, 48), torch.float32, True, True)]
     bm = bn = bk = 16
-    for (m, n, k), dtype in cases:
+    for (m, n, k), dtype, a_t, b_t in cases:
         a = torch.randn(m, k, generator=gen).to(dtype)
         b = torch.randn(k, n, generator=gen).to(dtype)
-        _, av = guarded_input(a.to(backend.device()))
-        _, bv = guarded_input(b.to(backend.device()))
+        _, av = guarded_input(a.to(backend.device()), transposed=a_t)
+        _, bv = guarded_input(b.to(backend.device()), transposed=b_t)
         c_buf, c = guarded((m, n), dtype, fill=SENTINEL)
         grid = (-(-m // bm), -(-n // bn))
-        call = (f"matmul_kernel[{grid}]({m}x{k} @ {k}x{n}, {str(dtype).replace('torch.', '')}, "
+        layout = "".join(f", {name} column-major (strides {tuple(t.stride())})"
+                         for name, t, flag in (("a", av, a_t), ("b", bv, b_t)) if flag)
+        call = (f"matmul_kernel[{grid}]({m}x{k} @ {k}x{n}, {str(dtype).replace('torch.', '')}{layout}, "
                 f"BLOCK_M={bm}, BLOCK_N={bn}, BLOCK_K={bk})")
         _launch(kernel, grid, call, av, bv, c, m, n, k, av.stride(0), av.stride(1), bv.stride(0), bv.stride(1),
                 c.stride(0), c.stride(1), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)

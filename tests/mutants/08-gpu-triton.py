@@ -94,6 +94,16 @@ MUTANTS = [
                      "                mask=(rk[:, None] < K) & (rn[None, :] < N), other=0.0)\n"
                      "    acc += tl.dot(a, b)\n" + _MATMUL_STORE,
            frozenset({"matmul_kernel"})),
+    Mutant("matmul that assumes an inner stride of 1 (uses stride_am and stride_bk, ignores stride_ak and "
+           "stride_bn): right on row-major inputs only", "matmul_kernel",
+           _MATMUL + "    for k0 in range(0, K, BLOCK_K):\n"
+                     "        kk = k0 + rk\n"
+                     "        a = tl.load(a_ptr + rm[:, None] * stride_am + kk[None, :],\n"
+                     "                    mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)\n"
+                     "        b = tl.load(b_ptr + kk[:, None] * stride_bk + rn[None, :],\n"
+                     "                    mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)\n"
+                     "        acc += tl.dot(a, b)\n" + _MATMUL_STORE,
+           frozenset({"matmul_kernel"})),
     Mutant("attention tile loop that forgets to rescale acc when the running max grows", "attention_kernel",
            _attention(rescale_acc=False), frozenset({"attention_kernel"})),
     Mutant("attention tile loop that does not mask the padding keys of the last tile (scores 0, not -inf)",
