@@ -189,16 +189,24 @@ def check_matmul_kernel(kernel: Callable) -> None:
                 f"BLOCK_M={bm}, BLOCK_N={bn}, BLOCK_K={bk})")
         _launch(kernel, grid, call, av, bv, c, m, n, k, av.stride(0), av.stride(1), bv.stride(0), bv.stride(1),
                 c.stride(0), c.stride(1), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-        _bands_intact(c_buf, (m, n), call, "c")
-        expected = a.float() @ b.float()
-        got = c.cpu().float()
-        if k > bk and not torch.isnan(got).any():
-            first = a.float()[:, :bk] @ b.float()[:bk]
-            if torch.allclose(got, first, atol=1e-2, rtol=1e-2):
-                raise AssertionError(f"{call}: your c is the product of the first {bk} columns of a only. "
-                                     f"Loop over K in steps of BLOCK_K and accumulate.")
-        tol = 2e-2 if dtype == torch.float16 else _fp32_dot_tol(1e-4)
-        _compare(got, expected, call, atol=tol, rtol=tol, what="c")
+        try:
+            _bands_intact(c_buf, (m, n), call, "c")
+            expected = a.float() @ b.float()
+            got = c.cpu().float()
+            if k > bk and not torch.isnan(got).any():
+                first = a.float()[:, :bk] @ b.float()[:bk]
+                if torch.allclose(got, first, atol=1e-2, rtol=1e-2):
+                    raise AssertionError(f"{call}: your c is the product of the first {bk} columns of a only. "
+                                         f"Loop over K in steps of BLOCK_K and accumulate.")
+            tol = 2e-2 if dtype == torch.float16 else _fp32_dot_tol(1e-4)
+            _compare(got, expected, call, atol=tol, rtol=tol, what="c")
+        except AssertionError as wrong:
+            if not (a_t or b_t):
+                raise
+            # the row-major cases before this one passed, so the layout is what changed
+            raise AssertionError(f"{call}: wrong c once an input is column-major (its inner stride is not 1). "
+                                 f"Address a[m, k] as a_ptr + m * stride_am + k * stride_ak and b[k, n] as "
+                                 f"b_ptr + k * stride_bk + n * stride_bn: use all four strides. ({wrong})") from None
     _passed("matmul_kernel", len(cases))
 
 
