@@ -120,6 +120,19 @@ def test_checks_accept_other_correct_answers(capsys):
     assert capsys.readouterr().out.count("✓") == 4
 
 
+def rope_in_place(x, cos, sin):
+    """The right value, and the caller's x corrupted (it is used again afterwards, e.g. as the key)."""
+    rotated = rotate_half(x) * sin
+    x *= cos
+    return x + rotated
+
+
+def attention_scales_q_in_place(q, k, v):
+    q /= math.sqrt(q.shape[-1])  # the right scores, and the caller's q divided by sqrt(d)
+    mask = torch.triu(torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool), 1)
+    return torch.softmax((q @ k.transpose(-1, -2)).masked_fill(mask, float("-inf")), -1) @ v
+
+
 @pytest.mark.parametrize("check, mutant, message", [
     (check_causal_attention, attention_no_mask, "no causal mask"),
     (check_causal_attention, attention_hides_diagonal, "output contains NaN. Position 0 has no key"),
@@ -136,6 +149,8 @@ def test_checks_accept_other_correct_answers(capsys):
     (check_apply_rope, rope_swapped, "cos and sin are swapped"),
     (check_apply_rope, rope_with_interleaved_rotation, "Did rotate_half pass its check"),
     (check_apply_rope, rope_scaled, "keeps every vector's length"),
+    (check_apply_rope, rope_in_place, r"changed its argument 1 \(Tensor\) in place"),
+    (check_causal_attention, attention_scales_q_in_place, r"changed its argument 1 \(Tensor\) in place"),
 ])
 def test_checks_fail_on_plausible_wrong_answers(check, mutant, message, capsys):
     with pytest.raises(AssertionError, match=message):

@@ -17,17 +17,7 @@ from torch import Tensor
 
 from labkit.attention import causal_mask, scaled_dot_product_attention
 from labkit.rope import apply_rope, rope_cos_sin, rope_inv_freq, rotate_half
-from labkit.checks import _passed
-
-
-def _call(fn: Callable, call: str, *args):
-    """fn(*args) on copies; NotImplementedError propagates (the blank lab must fail), other errors name the input."""
-    try:
-        return fn(*(a.clone() if isinstance(a, Tensor) else a for a in args))
-    except NotImplementedError:
-        raise
-    except Exception as e:
-        raise AssertionError(f"{call} raised {type(e).__name__}: {e}") from e
+from labkit.checks import _call, _passed
 
 
 def _rand(*shape: int, seed: int) -> Tensor:

@@ -34,4 +34,11 @@ MUTANTS = [
            "def apply_rope(x, cos, sin):\n"
            "    return x * cos - rotate_half(x) * sin\n",
            frozenset({"apply_rope", "rope_attention"})),
+    Mutant("apply_rope that multiplies x by cos in place: the right value, and the caller's tensor corrupted",
+           "apply_rope",
+           "def apply_rope(x, cos, sin):\n"
+           "    rotated = rotate_half(x) * sin\n"
+           "    x *= cos\n"
+           "    return x + rotated\n",
+           frozenset({"apply_rope"})),
 ]
