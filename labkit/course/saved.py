@@ -93,8 +93,17 @@ def _tiny_gpt() -> tuple[dict, dict[str, torch.Tensor]]:
     return chapter3_run()
 
 
-RUNS: dict[str, Callable[[], tuple[dict, dict[str, torch.Tensor]]]] = {"03-tiny-gpt": _tiny_gpt}
+def _long_context() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.long_context import run
+
+    return run()
+
+
+RUNS: dict[str, Callable[[], tuple[dict, dict[str, torch.Tensor]]]] = {"03-tiny-gpt": _tiny_gpt,
+                                                                       "03-long-context": _long_context}
 MEASURES: dict[str, tuple[str, ...]] = {
     "03-tiny-gpt": ("labkit/transformer.py", "labkit/attention.py", "labkit/rope.py", "labkit/mlp_lm.py",
                     "labkit/corpus.py"),
+    "03-long-context": ("labkit/long_context.py", "labkit/transformer.py", "labkit/attention.py", "labkit/rope.py",
+                        "labkit/corpus.py"),
 }
