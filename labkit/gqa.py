@@ -16,6 +16,8 @@ attention itself is chapter 3's `labkit.attention.grouped_query_attention` (MHA 
     share_except_attention  a new Llama sharing every weight of another except the attention modules
     cache_table        bytes per token and at N tokens of the KV-cache for MHA, GQA, MQA and MLA latents
     perplexity, heldout_windows   perplexity on a batch of windows of the course corpus (held-out or training)
+    window_losses, loss_spread    the loss of each window, and its mean with a standard error (or a paired
+                                  difference between two models), so a difference can be read against noise
     plot_head_sharing, kv_heads_explorer   the head-sharing figure and a kernel-free widget of the variants
 
 Ainslie et al. turn a multi-head checkpoint into a GQA/MQA one by mean-pooling the key and value heads of each
@@ -187,6 +189,38 @@ def perplexity(model: nn.Module, windows: torch.Tensor) -> float:
     logits = model(windows[:, :-1])
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), windows[:, 1:].reshape(-1))
     return math.exp(float(loss))
+
+
+@torch.no_grad()
+def window_losses(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
+    """The mean next-token loss (nats, float64) of each window [B, T]: `perplexity` is exp of their mean (the
+    windows have equal length), and their spread says how much that perplexity depends on which text was read."""
+    if not isinstance(windows, torch.Tensor) or windows.ndim != 2 or windows.shape[1] < 2:
+        shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
+        raise ValueError(f"windows must be a token-id tensor [batch, T] with T >= 2, got {shape}")
+    logits = model(windows[:, :-1]).double()
+    loss = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")  # [B, T - 1]
+    return loss.mean(dim=1)
+
+
+def loss_spread(losses: Sequence[float] | torch.Tensor, baseline: Sequence[float] | torch.Tensor | None = None
+                ) -> tuple[float, float]:
+    """(mean, standard error of the mean) of per-window losses, from at least two windows.
+
+    With `baseline` (the same windows scored by another model) it is the mean and standard error of the paired
+    differences losses - baseline. Pairing cancels what the two models share (a hard window is hard for both),
+    so it resolves differences far smaller than the spread of either model's own losses. The standard error
+    treats windows as independent samples; consecutive windows of one text are not quite, so read it as a
+    lower bound on the uncertainty."""
+    x = torch.as_tensor(losses, dtype=torch.float64)
+    if x.ndim != 1 or x.numel() < 2:
+        raise ValueError(f"losses must be a 1-D sequence of at least 2 per-window losses, got shape {tuple(x.shape)}")
+    if baseline is not None:
+        b = torch.as_tensor(baseline, dtype=torch.float64)
+        if b.shape != x.shape:
+            raise ValueError(f"baseline must score the same windows: shape {tuple(x.shape)}, got {tuple(b.shape)}")
+        x = x - b
+    return float(x.mean()), float(x.std(correction=1) / math.sqrt(x.numel()))
 
 
 def heldout_windows(tokenizer, n_windows: int = 4, length: int = 257, split: str = "heldout") -> torch.Tensor:

@@ -24,20 +24,29 @@ compute does not (the up-projection runs over the whole cache each step).
 
     low_rank_kv            W_down, W_uk, W_uv of rank r from one attention layer (plain or whitened SVD)
     kv_factors, KVFactors  the same SVD kept for every rank (model_kv_factors: all layers), for rank sweeps
-    input_covariances      per-layer covariance of the attention inputs on calibration text
+    input_covariances      per-layer covariance of the attention inputs on calibration text (needs >= dim
+                           positions: a covariance from N < dim inputs has rank <= N, see below)
     LatentAttention        attention whose cache holds c; drop-in for labkit.llama.LlamaAttention
     LatentCache            preallocated [layers, batch, max_len, r] latents, the update/advance/seen interface
     to_latent_kv           SmolLM2 with every layer's k_proj, v_proj replaced by a rank-r latent
+    chapter6_run           chapter 6's saved rank sweep (labkit.course.saved): per-window held-out losses
+
+Why the calibration must be large: C is estimated from N inputs x_1 .. x_N, so C = X X^T / N has rank at most
+N. With N < dim some input directions were never seen; whitening gives them no weight, the fit can put
+anything there, and held-out inputs that do have those directions are mapped badly. `input_covariances`
+refuses N < dim, and `kv_factors` warns when a covariance is numerically rank-deficient (e.g. repeated text).
+Use several times dim positions so the small eigenvalues are estimated too, not merely nonzero.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .attention import repeat_kv, scaled_dot_product_attention
-from .gqa import _check_int, share_except_attention
+from .gqa import _check_int, convert_kv_heads, heldout_windows, share_except_attention, window_losses
 from .llama import Llama, LlamaAttention, LlamaConfig
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 
@@ -76,6 +85,15 @@ def kv_factors(w_k: torch.Tensor, w_v: torch.Tensor, whitening: torch.Tensor | N
         if not isinstance(whitening, torch.Tensor) or tuple(whitening.shape) != (dim, dim):
             raise ValueError(f"whitening must be the [{dim}, {dim}] covariance of the layer's inputs")
         c = whitening.double()
+        eig = torch.linalg.eigvalsh(c)
+        # torch.linalg.matrix_rank's default tolerance, at the precision the covariance was computed in
+        eps = torch.finfo(whitening.dtype if whitening.is_floating_point() else c.dtype).eps
+        tol = dim * eps * float(eig.abs().max())
+        rank = int((eig > tol).sum())
+        if rank < dim:
+            warnings.warn(f"whitening covariance has numerical rank {rank} < {dim}: {dim - rank} input directions "
+                          "were never seen in calibration, and the fit is arbitrary along them; calibrate on "
+                          "more (and more varied) text, several times dim positions", RuntimeWarning, stacklevel=3)
         c = c + 1e-6 * c.diagonal().mean() * torch.eye(dim, dtype=c.dtype)  # a ridge keeps it invertible
         chol = torch.linalg.cholesky(c)  # C = L L^T, so ||W X||^2 summed over inputs = ||W L||^2 (times N)
         u, s, vt = torch.linalg.svd(w @ chol, full_matrices=False)
@@ -111,6 +129,13 @@ def input_covariances(model: Llama, windows: torch.Tensor) -> list[torch.Tensor]
     position of `windows` [B, T]. Fit on TRAINING text; evaluate what it produces on held-out text."""
     if not isinstance(model, Llama):
         raise TypeError(f"model must be labkit's Llama, got {type(model).__name__}")
+    if not isinstance(windows, torch.Tensor) or windows.ndim != 2:
+        shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
+        raise ValueError(f"windows must be a token-id tensor [batch, T], got {shape}")
+    if windows.numel() < model.cfg.dim:
+        raise ValueError(f"a covariance of {model.cfg.dim} dimensions fitted on {windows.numel()} positions has rank "
+                         f"at most {windows.numel()}: calibrate on at least {model.cfg.dim} positions (several times "
+                         "that for a stable estimate)")
     sums = [torch.zeros(model.cfg.dim, model.cfg.dim, dtype=torch.float64) for _ in model.layers]
     count = [0]
 
@@ -250,3 +275,44 @@ def to_latent_kv(model: Llama, rank: int, covariances: list[torch.Tensor] | None
         return LatentAttention(attn.q_proj, attn.o_proj, down, uk, uv, cfg.n_heads, cfg.n_kv_heads, cfg.rope_theta)
 
     return share_except_attention(model, cfg, make_attention)
+
+
+def chapter6_run(n_eval: int = 24, n_calibration: int = 16, length: int = 257,
+                 ranks: tuple[int, ...] = (256, 192, 128, 64, 32), ranks_b: tuple[int, ...] = (128, 64)
+                 ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Chapter 6's saved run (labkit.course.saved): SmolLM2, its mean-pooled MQA, and latent caches of each rank
+    (plain SVD; activation-aware SVD fitted on calibration set A of the training text, and at `ranks_b` also on a
+    disjoint set B, to see how much the fit depends on its text), each scored on the same `n_eval` held-out
+    windows. One thread, as the notebook. Returns (record, {}): the record holds every variant's per-window
+    losses, so the notebook can print means with their spread."""
+    from tqdm.auto import tqdm
+
+    from .models import load_smollm2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = Llama.from_pretrained()
+        tokenizer, _ = load_smollm2()
+        windows = heldout_windows(tokenizer, n_eval, length)
+        train = heldout_windows(tokenizer, 2 * n_calibration, length, split="train")
+        factors = {"plain": model_kv_factors(model)}
+        numerical_rank = {}
+        for name, cal in (("A", train[:n_calibration]), ("B", train[n_calibration:])):
+            cov = input_covariances(model, cal)
+            numerical_rank[name] = [int(torch.linalg.matrix_rank(c)) for c in cov]
+            factors[f"whitened-{name}"] = model_kv_factors(model, cov)
+        variants = {"gqa": lambda: model, "mqa": lambda: convert_kv_heads(model, 1)}
+        for r in ranks:
+            for name, f in factors.items():
+                if name != "whitened-B" or r in ranks_b:
+                    variants[f"{name}/{r}"] = lambda r=r, f=f: to_latent_kv(model, r, factors=f)
+        losses = {}
+        for key, make in tqdm(variants.items(), desc="variants"):
+            losses[key] = [float(x) for x in window_losses(make(), windows)]
+    finally:
+        torch.set_num_threads(threads)
+    record = {"torch_threads": 1, "length": length, "eval_windows": n_eval, "calibration_windows": n_calibration,
+              "calibration_positions": n_calibration * length, "dim": model.cfg.dim, "ranks": list(ranks),
+              "ranks_b": list(ranks_b), "numerical_rank": numerical_rank, "losses": losses}
+    return record, {}

@@ -1,4 +1,7 @@
 """labkit.gqa: the query -> kv head map, mean-pooling kv heads, converting a Llama, and the cache table."""
+import math
+import statistics
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labkit.attention import grouped_query_attention, repeat_kv, scaled_dot_product_attention
-from labkit.gqa import cache_table, convert_kv_heads, kv_head_of_query, perplexity, pool_kv_heads
+from labkit.gqa import (cache_table, convert_kv_heads, kv_head_of_query, loss_spread, perplexity, pool_kv_heads,
+                        window_losses)
 from labkit.kvcache import cache_bytes
 from labkit.llama import Llama, LlamaConfig
 from labkit.rope import apply_rope, rope_cos_sin, rope_inv_freq
@@ -157,6 +161,34 @@ def test_perplexity_of_uniform_model_is_vocab_size():
     assert perplexity(Uniform(), torch.randint(0, 50, (3, 9))) == pytest.approx(50)
     with pytest.raises(ValueError, match=r"\[batch, T\] with T >= 2"):
         perplexity(Uniform(), torch.zeros(3, 1, dtype=torch.long))
+
+
+def test_window_losses_are_perplexitys_ingredients():
+    model = tiny_llama()
+    windows = torch.randint(0, TINY.vocab_size, (5, 12), generator=torch.Generator().manual_seed(3))
+    losses = window_losses(model, windows)
+    assert losses.shape == (5,) and losses.dtype == torch.float64
+    assert math.exp(float(losses.mean())) == pytest.approx(perplexity(model, windows), rel=1e-9)
+    with torch.no_grad():
+        logits = model(windows[1:2, :-1])[0].double()
+    by_hand = -logits.log_softmax(-1).gather(1, windows[1, 1:, None]).mean()
+    assert float(losses[1]) == pytest.approx(float(by_hand), rel=1e-9)  # row 1 is window 1's own loss
+    with pytest.raises(ValueError, match=r"\[batch, T\] with T >= 2"):
+        window_losses(model, windows[:, :1])
+
+
+def test_loss_spread_mean_and_standard_error():
+    losses = [2.0, 2.5, 3.5, 4.0]
+    mean, se = loss_spread(losses)
+    assert mean == pytest.approx(statistics.mean(losses))
+    assert se == pytest.approx(statistics.stdev(losses) / 2)  # sample std / sqrt(4)
+    # paired: a constant shift has no spread at all, though each model's own losses spread widely
+    mean, se = loss_spread([x + 0.1 for x in losses], baseline=losses)
+    assert mean == pytest.approx(0.1) and se == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 per-window losses"):
+        loss_spread([1.0])
+    with pytest.raises(ValueError, match="same windows"):
+        loss_spread(losses, baseline=losses[:3])
 
 
 @pytest.mark.slow  # loads SmolLM2

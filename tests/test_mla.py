@@ -1,9 +1,11 @@
 """labkit.mla: SVD factors of the kv projections, the latent cache, and latent attention == its dense form."""
+import warnings
+
 import pytest
 import torch
 
 from labkit.llama import Llama, LlamaConfig
-from labkit.mla import LatentAttention, LatentCache, input_covariances, low_rank_kv, to_latent_kv
+from labkit.mla import LatentAttention, LatentCache, input_covariances, low_rank_kv, model_kv_factors, to_latent_kv
 from tiny_llama import random_llama
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -17,6 +19,7 @@ def tiny_llama(cfg=TINY, seed=0) -> Llama:
 
 
 IDS = torch.randint(0, TINY.vocab_size, (2, 13), generator=torch.Generator().manual_seed(1))
+CAL = torch.randint(0, TINY.vocab_size, (4, 64), generator=torch.Generator().manual_seed(2))  # 256 >= 5 x dim
 
 
 def test_full_rank_reproduces_the_projections():
@@ -64,7 +67,7 @@ def test_low_rank_errors():
 def test_full_rank_latent_model_reproduces_the_logits():
     model = tiny_llama()
     torch.testing.assert_close(to_latent_kv(model, FULL)(IDS), model(IDS), atol=1e-4, rtol=0)
-    cov = input_covariances(model, IDS)
+    cov = input_covariances(model, CAL)
     torch.testing.assert_close(to_latent_kv(model, FULL, cov)(IDS), model(IDS), atol=1e-3, rtol=0)
 
 
@@ -113,8 +116,8 @@ def test_latent_cache_errors():
 @torch.no_grad()
 def test_input_covariances_first_layer():
     model = tiny_llama()
-    x = model.layers[0].input_layernorm(model.embed_tokens(IDS)).reshape(-1, 48).double()
-    cov = input_covariances(model, IDS)
+    x = model.layers[0].input_layernorm(model.embed_tokens(CAL)).reshape(-1, 48).double()
+    cov = input_covariances(model, CAL)
     assert len(cov) == 2
     torch.testing.assert_close(cov[0], x.T @ x / x.shape[0], atol=1e-9, rtol=1e-6)
     with pytest.raises(ValueError, match="one matrix per layer"):
@@ -135,7 +138,7 @@ def test_factors_computed_once_give_the_same_latent_models():
     from labkit.mla import model_kv_factors
 
     model = tiny_llama()
-    cov = input_covariances(model, IDS)
+    cov = input_covariances(model, CAL)
     for covariances in (None, cov):
         factors = model_kv_factors(model, covariances)
         for r in (3, 10):
@@ -145,3 +148,71 @@ def test_factors_computed_once_give_the_same_latent_models():
         to_latent_kv(model, 4, cov, factors=model_kv_factors(model, cov))
     with pytest.raises(ValueError, match="one KVFactors per layer"):
         to_latent_kv(model, 4, factors=model_kv_factors(model)[:1])
+
+
+@torch.no_grad()
+def test_calibration_with_fewer_positions_than_dimensions_is_refused():
+    """26 positions cannot estimate a 48 x 48 covariance: its rank is at most 26."""
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="fitted on 26 positions has rank at most 26: calibrate on at least 48"):
+        input_covariances(model, IDS)
+    with pytest.raises(ValueError, match=r"token-id tensor \[batch, T\]"):
+        input_covariances(model, IDS[0])
+
+
+@torch.no_grad()
+def test_rank_deficient_whitening_warns_and_a_full_rank_one_does_not():
+    g = torch.Generator().manual_seed(0)
+    w_k, w_v = torch.randn(12, 40, generator=g), torch.randn(12, 40, generator=g)
+    few = torch.randn(20, 40, generator=g)
+    with pytest.warns(RuntimeWarning, match="numerical rank 20 < 40"):
+        low_rank_kv(w_k, w_v, 8, whitening=few.T @ few / 20)
+    many = torch.randn(400, 40, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low_rank_kv(w_k, w_v, 8, whitening=many.T @ many / 400)
+    # enough positions, but one window repeated: every later layer sees only 13 distinct inputs
+    model = tiny_llama()
+    with pytest.warns(RuntimeWarning, match="numerical rank"):
+        model_kv_factors(model, input_covariances(model, IDS[:1].repeat(8, 1)))
+
+
+def test_a_rank_deficient_fit_is_worse_on_new_inputs():
+    """Why the rule exists: whitening fitted on fewer inputs than dimensions ignores the unseen directions, so
+    on fresh inputs from the same distribution it does worse than a fit on many inputs (and than plain SVD)."""
+    g = torch.Generator().manual_seed(0)
+    w_k, w_v = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    w = torch.cat([w_k, w_v])
+    scale = torch.logspace(0, -1, 32)
+    sample = lambda n: torch.randn(n, 32, generator=g) * scale  # noqa: E731
+    few, many, fresh = sample(12), sample(640), sample(2000)
+
+    def error_on_fresh(cov):
+        down, uk, uv = low_rank_kv(w_k, w_v, 12, whitening=cov)
+        return float(((torch.cat([uk, uv]) @ down - w) @ fresh.T).norm())
+
+    with pytest.warns(RuntimeWarning, match="numerical rank 12 < 32"):
+        bad = error_on_fresh(few.T @ few / 12)
+    good = error_on_fresh(many.T @ many / 640)
+    down, uk, uv = low_rank_kv(w_k, w_v, 12)
+    plain = float(((torch.cat([uk, uv]) @ down - w) @ fresh.T).norm())
+    assert good < plain < bad
+
+
+@pytest.mark.slow  # loads SmolLM2
+def test_kv_heads_saved_run_live_slice():
+    """The first held-out window, re-scored now, gives chapter 6's saved losses (SmolLM2 and plain rank 64)."""
+    from labkit.course import saved
+    from labkit.gqa import heldout_windows, window_losses
+    from labkit.models import load_smollm2
+
+    run = saved.load("06-kv-heads")
+    rec = run.record
+    model = Llama.from_pretrained()
+    tokenizer, _ = load_smollm2()
+    window = heldout_windows(tokenizer, rec["eval_windows"], rec["length"])[:1]
+    assert rec["calibration_positions"] >= 4 * rec["dim"]
+    assert all(r == rec["dim"] for ranks in rec["numerical_rank"].values() for r in ranks)
+    live = {"gqa": model, "plain/64": to_latent_kv(model, 64)}
+    for key, m in live.items():
+        assert abs(float(window_losses(m, window)[0]) - rec["losses"][key][0]) < 1e-3, key

@@ -93,6 +93,12 @@ def _tiny_gpt() -> tuple[dict, dict[str, torch.Tensor]]:
     return chapter3_run()
 
 
+def _kv_heads() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.mla import chapter6_run
+
+    return chapter6_run()
+
+
 def _long_context() -> tuple[dict, dict[str, torch.Tensor]]:
     from labkit.long_context import run
 
@@ -100,10 +106,14 @@ def _long_context() -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 RUNS: dict[str, Callable[[], tuple[dict, dict[str, torch.Tensor]]]] = {"03-tiny-gpt": _tiny_gpt,
-                                                                       "03-long-context": _long_context}
+                                                                       "03-long-context": _long_context,
+                                                                       "06-kv-heads": _kv_heads}
 MEASURES: dict[str, tuple[str, ...]] = {
     "03-tiny-gpt": ("labkit/transformer.py", "labkit/attention.py", "labkit/rope.py", "labkit/mlp_lm.py",
                     "labkit/corpus.py"),
     "03-long-context": ("labkit/long_context.py", "labkit/transformer.py", "labkit/attention.py", "labkit/rope.py",
                         "labkit/corpus.py"),
+    # the model code under it (llama, rope, attention) is checked by the notebook's live slice, which re-scores
+    # four variants and asserts the saved losses: other chapters' edits there need no re-run unless they change them
+    "06-kv-heads": ("labkit/mla.py", "labkit/gqa.py"),
 }
