@@ -293,6 +293,7 @@ BASE_CONFIG = dict(context=TRAIN_LEN, d_model=96, n_layers=3, n_heads=4)   # cha
 BASE_TRAIN = TrainConfig(steps=900, batch_size=16, lr=3e-3, warmup=30, seed=0)
 FINETUNE_LEN = 256                      # fine-tune at 4x
 FINETUNE = TrainConfig(steps=200, batch_size=4, lr=1e-3, warmup=10, seed=1)  # as many tokens per step as training
+FINETUNE_SEEDS = (1, 2, 3)              # which windows each fine-tune sees: its spread says what is noise
 ZERO_SHOT = ("none", "pi", "ntk", "yarn")
 FINETUNED = ("none", "pi", "yarn")
 
@@ -326,7 +327,8 @@ def zero_shot_table(model: TinyGPT, heldout: np.ndarray, methods: tuple[str, ...
 
 def run() -> tuple[dict, dict[str, Tensor]]:
     """Train the tiny GPT on 64-character windows, measure it at 1x-8x with each schedule, fine-tune it at 4x
-    with none / PI / YaRN and measure again, and search LongRoPE-style factors for 4x on training text.
+    with none / PI / YaRN (once per seed in FINETUNE_SEEDS; finetuned_ppl[method][seed][length]) and measure
+    again, and search LongRoPE-style factors for 4x on training text.
     One thread, as the notebook. Returns (record, the base model's weights)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -337,13 +339,15 @@ def run() -> tuple[dict, dict[str, Tensor]]:
         history = train_gpt(base, train_ids, BASE_TRAIN)
         seconds = {"base": round(time.perf_counter() - start, 1)}
         zero_shot = zero_shot_table(base, heldout)
-        finetuned, ft_losses = {}, {}
-        for method in FINETUNED:
-            model = finetuned_model(base, method)
-            start = time.perf_counter()
-            ft_losses[method] = train_gpt(model, train_ids, FINETUNE)["loss"]
-            seconds[f"finetune {method}"] = round(time.perf_counter() - start, 1)
-            finetuned[method] = [perplexity(model, heldout, n) for n in LENGTHS]
+        finetuned, ft_losses = {m: [] for m in FINETUNED}, {}
+        start = time.perf_counter()
+        for seed in FINETUNE_SEEDS:
+            for method in FINETUNED:
+                model = finetuned_model(base, method)
+                losses = train_gpt(model, train_ids, replace(FINETUNE, seed=seed))["loss"]
+                ft_losses.setdefault(method, losses)  # the first seed's, for the live slice
+                finetuned[method].append([perplexity(model, heldout, n) for n in LENGTHS])
+        seconds["finetunes"] = round(time.perf_counter() - start, 1)
         # LongRoPE in miniature: factors for 4x searched on training text, starting from YaRN's
         search_ids = train_ids[:EVAL_TOKENS // 2 + 1]
         yarn_start = factors_of(yarn_parameters(base.config.head_dim, base.config.rope_theta, 4.0, TRAIN_LEN)[0],
@@ -356,7 +360,7 @@ def run() -> tuple[dict, dict[str, Tensor]]:
     finally:
         torch.set_num_threads(threads)
     record = {"seed": BASE_TRAIN.seed, "torch_threads": 1, "gpt_config": BASE_CONFIG,
-              "train_config": vars(BASE_TRAIN), "finetune_config": vars(FINETUNE), "finetune_len": FINETUNE_LEN,
+              "train_config": vars(BASE_TRAIN), "finetune_config": vars(FINETUNE), "finetune_seeds": list(FINETUNE_SEEDS), "finetune_len": FINETUNE_LEN,
               "lengths": list(LENGTHS), "eval_tokens": EVAL_TOKENS, "loss": history["loss"],
               "zero_shot_ppl": zero_shot, "finetune_loss": ft_losses, "finetuned_ppl": finetuned,
               "longrope_start": list(yarn_start), "longrope_factors": list(factors),
