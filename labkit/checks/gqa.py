@@ -12,10 +12,42 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from labkit import gqa
 from labkit.checks import _call, _passed, _short
 from labkit.llama import Llama
+
+# torch functions that multiply matrices: what the recorder below counts as "computing a product"
+_MATMULS = {"matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "einsum", "baddbmm", "tensordot", "linear"}
+
+
+class _Ops(TorchFunctionMode):
+    """Records, for every torch call made inside it, the function's name and the shape of each floating-point
+    tensor it returns: how a check sees what a function *built* (a full score matrix, rebuilt keys), not only
+    what it returned. Operators count too (`a @ b` is `__matmul__`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(o, torch.Tensor) and o.is_floating_point():
+                self.seen.append((getattr(func, "__name__", str(func)), tuple(o.shape)))
+        return out
+
+
+def _record_ops(fn, call: str, *args, **kwargs):
+    """(fn(*args) through `_call`, the list of (function name, result shape) of every torch call it made)."""
+    ops = _Ops()
+
+    def recorded(*a):
+        with ops:
+            return fn(*a)
+
+    return _call(recorded, call, *args, **kwargs), ops.seen
 
 
 def check_kv_head_of_query(fn: Callable) -> None:
