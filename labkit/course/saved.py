@@ -99,16 +99,24 @@ def _kv_heads() -> tuple[dict, dict[str, torch.Tensor]]:
     return chapter6_run()
 
 
+def _grokking() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.grokking import grokking_run
+
+    return grokking_run()
+
+
 def _long_context() -> tuple[dict, dict[str, torch.Tensor]]:
     from labkit.long_context import run
 
     return run()
 
 
-RUNS: dict[str, Callable[[], tuple[dict, dict[str, torch.Tensor]]]] = {"03-tiny-gpt": _tiny_gpt,
+RUNS: dict[str, Callable[[], tuple[dict, dict[str, torch.Tensor]]]] = {"02-grokking": _grokking,
+                                                                       "03-tiny-gpt": _tiny_gpt,
                                                                        "03-long-context": _long_context,
                                                                        "06-kv-heads": _kv_heads}
 MEASURES: dict[str, tuple[str, ...]] = {
+    "02-grokking": ("labkit/grokking.py",),
     "03-tiny-gpt": ("labkit/transformer.py", "labkit/attention.py", "labkit/rope.py", "labkit/mlp_lm.py",
                     "labkit/corpus.py"),
     "03-long-context": ("labkit/long_context.py", "labkit/transformer.py", "labkit/attention.py", "labkit/rope.py",
