@@ -16,6 +16,7 @@ This module is the experiment at a CPU's scale:
     ModularMLP                  embed a and b, concatenate, one ReLU layer, logits over the p residues
     train(config)               full-batch AdamW; curves of accuracy, loss and weight norm every few steps
     first_step_at(curve, level) the first logged step where a curve reaches a level (e.g. 95% accuracy)
+    fourier_power(embedding)    how an embedding table's norm spreads over the frequencies of the residues
     grokking_run()              the saved run (labkit.course.saved): weight decay on and off, several seeds
 
 The model is chapter 2's MLP language model with a window of two tokens (and ReLU instead of tanh).
@@ -183,6 +184,23 @@ def first_step_at(steps: list[int], curve: list[float], level: float) -> int | N
     return next((s for s, v in zip(steps, curve) if v >= level), None)
 
 
+def fourier_power(embedding: torch.Tensor) -> torch.Tensor:
+    """For an embedding table [p, d] (row a embeds residue a), the share of its squared norm at each frequency
+    k = 0..p//2 along the residue axis: the discrete Fourier transform over a, with k and p - k counted together.
+    Nanda et al. found the generalising solution embeds a through cos(2 pi k a / p) and sin(2 pi k a / p) for a
+    few k; a lookup table of memorised answers has no reason to prefer any frequency."""
+    if embedding.ndim != 2 or embedding.shape[0] < 3 or embedding.shape[0] % 2 == 0:
+        raise ValueError(f"embedding must be a table [p, d] with p odd (a prime > 2), got {tuple(embedding.shape)}")
+    power = torch.fft.rfft(embedding.detach().double(), dim=0).abs().pow(2).sum(1)  # [p // 2 + 1]
+    power[1:] *= 2  # p is odd: every k >= 1 has its mirror p - k, which rfft leaves out (same magnitude)
+    return power / power.sum()
+
+
+def run_key(weight_decay: float, seed: int) -> str:
+    """The saved run's name for one (weight decay, seed) pair, as its tensors are stored: 'wd0_5_seed1'."""
+    return f"wd{weight_decay:g}_seed{seed}".replace(".", "_")
+
+
 # The saved run: weight decay 1 (as Nanda et al.), a weaker 0.5, and none, each with three seeds (a seed draws
 # both the split and the initial weights). `python -m labkit.course save 02-grokking` runs it (~3 CPU-minutes).
 SAVED_CONFIG = GrokConfig()
@@ -193,7 +211,7 @@ SAVED_SEEDS = (0, 1, 2)
 def grokking_run(config: GrokConfig = SAVED_CONFIG, decays: tuple[float, ...] = SAVED_DECAYS,
                  seeds: tuple[int, ...] = SAVED_SEEDS, progress: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
     """Train config once per (weight decay, seed). Returns (record, tensors): the config and, per run, its
-    curves (rounded to 6 significant digits); the tensors are the final weights of each run."""
+    curves (rounded to 6 significant digits); the tensors are the final weights of each, under run_key()."""
     runs, tensors = [], {}
     for wd in decays:
         for seed in seeds:
@@ -201,5 +219,5 @@ def grokking_run(config: GrokConfig = SAVED_CONFIG, decays: tuple[float, ...] = 
             model, curves = train(cfg, progress=progress)
             runs.append({"weight_decay": wd, "seed": seed,
                          **{k: v if k == "step" else [float(f"{x:.6g}") for x in v] for k, v in curves.items()}})
-            tensors.update({f"wd{wd:g}_seed{seed}.{k}": v for k, v in model.state_dict().items()})
+            tensors.update({f"{run_key(wd, seed)}.{k}": v for k, v in model.state_dict().items()})
     return {"config": asdict(config), "runs": runs}, tensors

@@ -1,13 +1,32 @@
 """labkit.grokking: the modular-arithmetic table and its split, the model's clear errors, a deterministic training
 run whose first steps are a prefix of the full run (what the notebook's live slice relies on), a short run that
 learns its training set, and the saved run's live slice."""
+import math
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
 from labkit import grokking
 from labkit.course import saved
+
+
+def test_fourier_power_agrees_with_numpy_and_finds_a_pure_frequency():
+    p, d = 11, 5
+    table = torch.randn(p, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    full = (np.abs(np.fft.fft(table.numpy(), axis=0)) ** 2).sum(1)  # all p frequencies, numpy as the oracle
+    expected = np.concatenate([full[:1], full[1:p // 2 + 1] + full[p - 1:p // 2:-1]]) / full.sum()
+    np.testing.assert_allclose(grokking.fourier_power(table).numpy(), expected, rtol=1e-12)
+    a = torch.arange(p, dtype=torch.float64)
+    wave = torch.stack([torch.cos(2 * math.pi * 3 * a / p), torch.sin(2 * math.pi * 3 * a / p)], 1)
+    assert grokking.fourier_power(wave)[3] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="p odd"):
+        grokking.fourier_power(torch.zeros(10, 4))
+
+
+def test_run_key():
+    assert grokking.run_key(0.5, 1) == "wd0_5_seed1" and grokking.run_key(1.0, 0) == "wd1_seed0"
 
 
 SMALL = grokking.GrokConfig(p=23, train_fraction=0.5, embed_dim=32, hidden=64, steps=300, log_every=10)
@@ -106,3 +125,12 @@ def test_saved_run_matches_its_config_and_its_live_slice():
         for key in grokking.CURVES:
             for a, b in zip(live[key], rec[key]):
                 assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), (rec["weight_decay"], key, a, b)
+        # the saved final weights are the ones the record's last point measured
+        model = grokking.ModularMLP(config.p, config.embed_dim, config.hidden)
+        model.load_state_dict(run.state_dict(grokking.run_key(rec["weight_decay"], rec["seed"])))
+        pairs, labels = grokking.modular_table(config.p, config.op)
+        _, heldout = grokking.split(len(labels), config.train_fraction, rec["seed"])
+        with torch.no_grad():
+            acc = float((model(pairs[heldout]).argmax(-1) == labels[heldout]).double().mean())
+        assert abs(acc - rec["heldout_acc"][-1]) <= 1e-3
+        assert abs(grokking.weight_norm(model) - rec["weight_norm"][-1]) <= 1e-3 * rec["weight_norm"][-1]
