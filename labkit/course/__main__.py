@@ -20,7 +20,8 @@ def _assets(args: argparse.Namespace) -> None:
 def _labs(args: argparse.Namespace) -> None:
     from labkit.course import labs
 
-    changed = labs.write_labs()
+    # `execute` stamps only the notebooks it just wrote; `labs` stamps every solution.
+    changed = labs.write_labs(stamp=getattr(args, "paths", None))
     print("\n".join(f"wrote {p}" for p in changed) or "labs/ is up to date")
 
 
@@ -53,6 +54,34 @@ def _digest(args: argparse.Namespace) -> None:
         print(content_digest(path), path)
 
 
+def _grade(args: argparse.Namespace) -> None:
+    from labkit.course import grade
+
+    results = grade.grade(args.submissions, timeout=args.timeout, jobs=args.jobs)
+    print(grade.table(results))
+    print(f"\nwrote {grade.write_csv(results, args.csv)}")
+
+
+def _nbgrader(args: argparse.Namespace) -> None:
+    from labkit.course import nbgrader_cells
+
+    for path in nbgrader_cells.write_course(args.course, args.labs or None):
+        print(f"wrote {path}")
+
+
+def _grade_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("submissions", help="a folder with a folder per student holding their labs "
+                                       "(alice/01-ngrams.ipynb)")
+    p.add_argument("--timeout", type=float, default=120, help="seconds one notebook may run (default 120)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (default 1)")
+    p.add_argument("--csv", default="grades.csv", help="where to write the grades (default grades.csv)")
+
+
+def _nbgrader_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("course", help="the nbgrader course folder to write (source/ and nbgrader_config.py)")
+    p.add_argument("labs", nargs="*", help="chapter ids, e.g. 01-ngrams (default: every lab)")
+
+
 def _portable_env(args: argparse.Namespace) -> None:
     from labkit.course.cpu import PORTABLE
 
@@ -65,12 +94,17 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], None]]] = {
     "book": ("build the book into _build/html (offline, from the committed outputs); print index.html's path",
              _book),
     "assets": ("fetch the JavaScript the book's pages need (widgets, MathJax) from npm into .cache/js", _assets),
-    "labs": ("regenerate labs/ from solutions/ (solution markers become stubs)", _labs),
+    "labs": ("stamp nbgrader's cell metadata into solutions/, regenerate labs/ from them (solution markers become "
+             "stubs)", _labs),
     "notebooks": ("print the notebooks nbval verifies (lessons and solutions), as book.yml lists them", _notebooks),
     "execute": ("execute notebooks in place to refresh their committed outputs (then run `make test`)", _execute),
     "save": ("run one saved experiment in full and write results/NAME.json (+ .safetensors) for its notebook",
              _save),
     "digest": ("print the content digest of notebooks (book.yml's portability_skip records it)", _digest),
+    "grade": ("grade submitted labs without nbgrader: run each in its own process with a time limit, print a table "
+              "per lab and write a CSV", _grade),
+    "nbgrader": ("write an nbgrader course folder (source/<lab>/ from the solutions, nbgrader_config.py) for "
+                 "`nbgrader generate_assignment` and `nbgrader autograde`", _nbgrader),
     "portable-env": ("print the portability run's CPU-kernel settings as NAME=VALUE words (for `env`)",
                      _portable_env),
 }
@@ -78,7 +112,8 @@ ARGUMENTS = {"execute": lambda p: p.add_argument("paths", nargs="+", help="noteb
              "digest": lambda p: p.add_argument("paths", nargs="+", help="notebook files"),
              "notebooks": lambda p: p.add_argument("--portability", action="store_true",
                                                    help="only those the portability run re-executes"),
-             "save": lambda p: p.add_argument("name", help="the run's name, e.g. 03-tiny-gpt (labkit.course.saved)")}
+             "save": lambda p: p.add_argument("name", help="the run's name, e.g. 03-tiny-gpt (labkit.course.saved)"),
+             "grade": _grade_arguments, "nbgrader": _nbgrader_arguments}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,8 @@ Markers in a solution notebook:
   `# CHECK: count_ngrams`. tests/test_labs.py proves every check fails on the blank lab, fails on a
   plausible wrong implementation and passes on the solution.
 Labs carry no outputs. They are written byte-for-byte deterministically, so a test can compare them.
+The same markers make each solution an nbgrader source notebook: `write_labs` first stamps nbgrader's cell
+metadata into the solutions (labkit/course/nbgrader_cells.py), and the labs carry it too.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import manifest as manifest_mod
+from . import manifest as manifest_mod, nbgrader_cells
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION(?:\s+hint:\s*(?P<hint>.*\S))?\s*$")
 END = re.compile(r"^[ \t]*### END SOLUTION\s*$")
@@ -95,14 +97,33 @@ def expected_labs(m: manifest_mod.Manifest | None = None) -> dict[Path, str]:
     for solution, lab in m.lab_pairs():
         if not (m.root / solution).is_file():
             continue  # a missing solution is reported by the manifest check (tests/test_manifest.py)
-        nb = nbformat.read(m.root / solution, as_version=4)
+        nb = nbgrader_cells.stamp(nbformat.read(m.root / solution, as_version=4), where=solution)
         out[m.root / lab] = render(make_lab(nb, where=solution))
     return out
 
 
-def write_labs(m: manifest_mod.Manifest | None = None) -> list[Path]:
-    """Regenerate labs/; returns the files that changed."""
+def stamp_solutions(m: manifest_mod.Manifest | None = None, only: list[str] | None = None) -> list[Path]:
+    """Write nbgrader's cell metadata into the solution notebooks that lack it (`only`: just these paths);
+    returns the files that changed. Nothing but cell metadata changes."""
+    m = m or manifest_mod.load()
+    wanted = None if only is None else {(Path.cwd() / p).resolve() for p in only}
     changed = []
+    for solution, _ in m.lab_pairs():
+        path = m.root / solution
+        if not path.is_file() or (wanted is not None and path.resolve() not in wanted):
+            continue
+        nb = nbformat.read(path, as_version=4)
+        stamped = nbgrader_cells.stamp(nb, where=solution)
+        if stamped != nb:
+            nbformat.write(stamped, path)
+            changed.append(path)
+    return changed
+
+
+def write_labs(m: manifest_mod.Manifest | None = None, stamp: list[str] | None = None) -> list[Path]:
+    """Stamp the solutions (`stamp`: only these paths; all by default), then regenerate labs/; returns the
+    files that changed."""
+    changed = stamp_solutions(m, stamp)
     for path, text in expected_labs(m).items():
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             path.parent.mkdir(parents=True, exist_ok=True)
