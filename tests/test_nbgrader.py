@@ -74,6 +74,14 @@ def test_points_set_by_the_author_are_kept_and_default_to_one():
         nbgrader_cells.stamp(nb)
 
 
+def test_a_check_cell_with_solution_markers_is_refused():
+    nb = nbgrader_cells.stamp(_solution(CHAPTERS[0]))
+    check = next(c for c in nb.cells if labs.check_name(c))
+    check.source += "\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION"
+    with pytest.raises(labs.LabMarkerError, match="cannot hold solution markers"):
+        nbgrader_cells.stamp(nb)
+
+
 def test_two_checks_of_one_name_are_refused():
     nb = nbgrader_cells.stamp(_solution(CHAPTERS[0]))
     check = next(c for c in nb.cells if labs.check_name(c))

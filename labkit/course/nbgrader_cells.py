@@ -59,6 +59,8 @@ def stamp(nb: nbformat.NotebookNode, where: str = "solution") -> nbformat.Notebo
     seen: dict[str, int] = {}
     for i, cell in enumerate(out.cells):
         name = check_name(cell)
+        if name is not None and "BEGIN SOLUTION" in cell.source:
+            raise LabMarkerError(f"{where}, cell {i}: a check cell cannot hold solution markers")
         meta = cell_metadata(cell, i, name)
         if meta["grade_id"] in seen:
             raise LabMarkerError(f"{where}: cells {seen[meta['grade_id']]} and {i} would share the nbgrader "
