@@ -65,7 +65,7 @@ def made():
         "raises": edited(solution, lambda nb: setattr(_first_answer(nb), "source",
                                                        "import not_a_module_anywhere\n" + first_answer.source)),
         "exits": edited(solution, lambda nb: setattr(_first_answer(nb), "source",
-                                                      "import os\nos._exit(3)")),
+                                                      "import os\nos._exit(0)")),  # exits "successfully"
         "tampered": edited(blank, tamper),
         "_mutant": mutant, "_checks": checks, "_first": first_function,
     }
@@ -153,7 +153,7 @@ def test_code_that_raises_when_run_is_reported_and_the_other_checks_still_count(
 def test_a_process_that_exits_is_reported(run):
     _, rows = run
     mine = list(_rows(rows, "exits").values())
-    assert {r["submission"] for r in mine} == {"died"} and "exited with code 3" in mine[0]["notes"]
+    assert {r["submission"] for r in mine} == {"died"} and "exited with code 0 in cell" in mine[0]["notes"]
     assert _score(rows, "exits")[0] == 0
 
 

@@ -151,10 +151,11 @@ def grade_one(student: str, path: Path, refs: dict[str, Reference], timeout: flo
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
         plan_file, results_file = Path(tmp) / "plan.json", Path(tmp) / "results.jsonl"
         plan_file.write_text(json.dumps(cells), encoding="utf-8")
+        (Path(tmp) / "work").mkdir()  # the notebook's working folder: files it writes go away with it
         start = time.perf_counter()
         # A new session, so that a timeout kills the whole process group (and whatever the lab started).
         proc = subprocess.Popen([sys.executable, "-m", "labkit.course.grade", str(plan_file), str(results_file)],
-                                cwd=tmp, env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                cwd=Path(tmp) / "work", env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             code = proc.wait(timeout=timeout)
@@ -172,7 +173,7 @@ def grade_one(student: str, path: Path, refs: dict[str, Reference], timeout: flo
         out.status = "timed out"
         out.notes.insert(0, f"stopped after {timeout:g} s" + (f", in cell {cells[unfinished]['index']}" if
                                                               unfinished is not None else ""))
-    elif code != 0:
+    elif code != 0 or len(errors) < len(cells):  # os._exit(0) mid-notebook leaves cells unrun
         out.status = "died"
         out.notes.insert(0, f"the process exited with code {code}" + (f" in cell {cells[unfinished]['index']}"
                                                                       if unfinished is not None else ""))
@@ -257,7 +258,8 @@ def write_csv(results: list[Graded], path: Path | str) -> Path:
 
 
 def _run_plan(plan_file: str, results_file: str) -> None:
-    """The child process: run the planned cells in one IPython shell, recording each cell's start and error."""
+    """The child process: run the planned cells in one IPython shell, recording each cell's start and error.
+    This keeps honest mistakes apart; it is no sandbox against code written to forge its own grade."""
     from IPython.core.interactiveshell import InteractiveShell
 
     cells = json.loads(Path(plan_file).read_text(encoding="utf-8"))
