@@ -360,7 +360,8 @@ def run() -> tuple[dict, dict[str, Tensor]]:
     finally:
         torch.set_num_threads(threads)
     record = {"seed": BASE_TRAIN.seed, "torch_threads": 1, "gpt_config": BASE_CONFIG,
-              "train_config": vars(BASE_TRAIN), "finetune_config": vars(FINETUNE), "finetune_seeds": list(FINETUNE_SEEDS), "finetune_len": FINETUNE_LEN,
+              "train_config": vars(BASE_TRAIN), "finetune_config": vars(FINETUNE),
+              "finetune_seeds": list(FINETUNE_SEEDS), "finetune_len": FINETUNE_LEN,
               "lengths": list(LENGTHS), "eval_tokens": EVAL_TOKENS, "loss": history["loss"],
               "zero_shot_ppl": zero_shot, "finetune_loss": ft_losses, "finetuned_ppl": finetuned,
               "longrope_start": list(yarn_start), "longrope_factors": list(factors),
