@@ -57,6 +57,23 @@ def attention_zero_mask(q, k, v):  # sets masked *weights* to 0 after the softma
     return w.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), 0.0) @ v
 
 
+def attention_softmax_by_hand(q, k, v):  # exp(s) / sum exp(s): no max subtracted, overflows float32
+    t = q.shape[-2]
+    s = (_scores(q, k) / math.sqrt(q.shape[-1])).masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    w = torch.exp(s)
+    return w / w.sum(-1, keepdim=True) @ v
+
+
+def attention_in_float64(q, k, v):  # right values, returned as float64: the float32 layer after it refuses them
+    return causal_reference(q.double(), k.double(), v.double())
+
+
+def attention_with_view(q, k, v):  # .view assumes contiguous heads: fails on the layer's transposed q, k, v
+    t, d = q.shape[-2], q.shape[-1]
+    flat = lambda x: x.view(-1, t, x.shape[-1])
+    return causal_reference(flat(q), flat(k), flat(v)).view(*q.shape[:-1], v.shape[-1])
+
+
 def attention_numpy(q, k, v):
     return causal_reference(q, k, v).numpy()
 
@@ -102,9 +119,9 @@ def stub(*args):
 # ------------------------------------------------------------------ tests
 
 @pytest.mark.parametrize("check, reference, name, checks", [
-    (check_causal_attention, causal_reference, "causal_attention", 6),
-    (check_rotate_half, rotate_half, "rotate_half", 5),
-    (check_apply_rope, apply_rope, "apply_rope", 5),
+    (check_causal_attention, causal_reference, "causal_attention", 8),
+    (check_rotate_half, rotate_half, "rotate_half", 6),
+    (check_apply_rope, apply_rope, "apply_rope", 6),
 ])
 def test_checks_pass_on_the_references(check, reference, name, checks, capsys):
     check(reference)
@@ -135,12 +152,18 @@ def attention_scales_q_in_place(q, k, v):
 
 @pytest.mark.parametrize("check, mutant, message", [
     (check_causal_attention, attention_no_mask, "no causal mask"),
-    (check_causal_attention, attention_hides_diagonal, "output contains NaN. Position 0 has no key"),
+    (check_causal_attention, attention_hides_diagonal, "output contains NaN or inf. Position 0 has no key"),
     (check_causal_attention, attention_unscaled, r"not divided by sqrt\(d\)"),
     (check_causal_attention, attention_wrong_axis, "softmax over the wrong axis"),
     (check_causal_attention, attention_scaled_by_d, "wrong output; first difference"),
     (check_causal_attention, attention_zero_mask, "wrong output"),
     (check_causal_attention, attention_numpy, "should return a torch.Tensor"),
+    (check_causal_attention, attention_softmax_by_hand, "Subtract each row's max score before exp"),
+    (check_causal_attention, attention_in_float64, "should return float32 for float32 inputs"),
+    (check_causal_attention, attention_with_view, r"not contiguous.*raised RuntimeError: view size"),
+    (check_rotate_half, lambda x: rotate_half(x.double()), "should return float32 for float32 inputs"),
+    (check_apply_rope, lambda x, cos, sin: x.double() * cos.double() + rotate_half(x.double()) * sin.double(),
+     "should return float32 for float32 inputs"),
     (check_rotate_half, rotate_interleaved, "the interleaved layout"),
     (check_rotate_half, rotate_wrong_sign, "the wrong sign"),
     (check_rotate_half, rotate_not_swapped, "not swapped"),

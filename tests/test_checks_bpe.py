@@ -81,6 +81,26 @@ def encode_reversed(text, merges):  # applies the merges last-learned first
     return ids
 
 
+def encode_smallest_pair_first(text, merges):  # rank-based loop that picks min(pair) instead of the lowest rank
+    ids = list(text.encode("utf-8"))
+    while True:
+        present = [p for p in set(zip(ids, ids[1:])) if p in merges]
+        if not present:
+            return ids
+        pair = min(present)
+        ids = merge_pair(ids, pair, 256 + merges.index(pair))
+
+
+def encode_stops_at_first_miss(text, merges):  # "a merge that does not apply means no later one will"
+    ids = list(text.encode("utf-8"))
+    for k, pair in enumerate(merges):
+        merged = merge_pair(ids, tuple(pair), 256 + k)
+        if merged == ids:
+            break
+        ids = merged
+    return ids
+
+
 def encode_wrong_ids(text, merges):  # numbers new tokens from 255
     ids = list(text.encode("utf-8"))
     for k, pair in enumerate(merges):
@@ -146,7 +166,11 @@ def test_checks_accept_other_correct_answers(capsys):
     (check_most_frequent_pair, pair_skip_overlaps, r"\(7, 7\).*expected \(7, 7\)|expected"),
     (check_most_frequent_pair, pair_least_frequent, "occurs"),
     (check_most_frequent_pair, pair_crashes_on_short, "raised ValueError"),
-    (check_encode, encode_reversed, "reverse order"),
+    (check_encode, encode_reversed, "On every case here, you apply the merges last-learned first"),
+    (check_encode, encode_smallest_pair_first, r"On every case here, you merge the smallest pair present first.*"
+                                               r"The right steps.*merge 0 \(98, 99\) -> 256: \[97, 256\]"),
+    (check_encode, encode_chars, "On every case here, your ids are the Unicode code points"),
+    (check_encode, encode_stops_at_first_miss, r"expected \[258\], got \[97, 256\]\. The right steps"),
     (check_encode, encode_wrong_ids, "expected"),
     (check_encode, encode_chars, "two-byte character"),
 ])

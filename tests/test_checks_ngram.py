@@ -19,6 +19,13 @@ def count_lists(tokens, n):  # a list of the n-grams, not their counts
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
+def count_plain_dict(tokens, n):  # right counts in a dict: the lab's next cells call .most_common and need 0s
+    counts = {}
+    for i in range(len(tokens) - n + 1):
+        counts[tuple(tokens[i:i + n])] = counts.get(tuple(tokens[i:i + n]), 0) + 1
+    return counts
+
+
 def count_strings(tokens, n):  # joined strings as keys instead of tuples
     return Counter(" ".join(map(str, tokens[i:i + n])) for i in range(len(tokens) - n + 1))
 
@@ -43,6 +50,17 @@ def perplexity_exp_sum(log_probs):  # exp of the sum instead of the mean
     return math.exp(-sum(log_probs))
 
 
+def perplexity_product(log_probs):  # the definition as a product: underflows to 0 on a long text
+    product = 1.0
+    for lp in log_probs:
+        product *= math.exp(lp)
+    return product ** (-1 / len(log_probs))
+
+
+def perplexity_root_of_exp_sum(log_probs):  # exp(-sum) ** (1/N): overflows on a long text
+    return math.exp(-sum(log_probs)) ** (1 / len(log_probs))
+
+
 def perplexity_no_minus(log_probs):  # forgot the minus sign
     return math.exp(sum(log_probs) / len(log_probs))
 
@@ -60,7 +78,7 @@ def stub(*args):
 @pytest.mark.parametrize("check, reference, name, checks", [
     (check_count_ngrams, count_ngrams, "count_ngrams", 7),
     (check_add_k_prob, add_k_prob, "add_k_prob", 8),
-    (check_perplexity, perplexity_from_log_probs, "perplexity", 7),
+    (check_perplexity, perplexity_from_log_probs, "perplexity", 8),
 ])
 def test_checks_pass_on_the_references(check, reference, name, checks, capsys):
     check(reference)
@@ -68,7 +86,7 @@ def test_checks_pass_on_the_references(check, reference, name, checks, capsys):
 
 
 def test_checks_accept_other_correct_answers(capsys):
-    check_count_ngrams(lambda t, n: dict(Counter(tuple(t[i:i + n]) for i in range(len(t) - n + 1))))
+    check_count_ngrams(lambda t, n: Counter(zip(*(t[i:] for i in range(n)))))
     check_add_k_prob(lambda c, total, v, k: float(np.float64(c + k) / (total + k * v)))
     check_perplexity(lambda lp: float(np.exp(-np.mean(lp))))
     assert capsys.readouterr().out.count("✓") == 3
@@ -76,7 +94,8 @@ def test_checks_accept_other_correct_answers(capsys):
 
 @pytest.mark.parametrize("check, mutant, message", [
     (check_count_ngrams, count_off_by_one, r"sum to 3 \(off by one"),
-    (check_count_ngrams, count_lists, "should return a dict or Counter"),
+    (check_count_ngrams, count_lists, "should return a collections.Counter .* got a list"),
+    (check_count_ngrams, count_plain_dict, r"got a dict: .* they call .most_common\(\)"),
     (check_count_ngrams, count_strings, "keys must be tuples of n=2 tokens"),
     (check_count_ngrams, count_n_minus_one, "keys must be tuples of n=2 tokens"),
     (check_add_k_prob, add_k_unnormalised, r"expected .* = 0\.2, got 0\.3"),
@@ -85,6 +104,9 @@ def test_checks_accept_other_correct_answers(capsys):
     (check_perplexity, perplexity_exp_sum, "exp of the sum"),
     (check_perplexity, perplexity_no_minus, "minus sign"),
     (check_perplexity, perplexity_base_two, "not 2"),
+    (check_perplexity, perplexity_product,
+     r"held-out set\] raised ZeroDivisionError.* product of the probabilities is e\^-20951"),
+    (check_perplexity, perplexity_root_of_exp_sum, r"raised OverflowError.*the length is what breaks it"),
 ])
 def test_checks_fail_on_plausible_wrong_answers(check, mutant, message, capsys):
     with pytest.raises(AssertionError, match=message):

@@ -122,19 +122,53 @@ def check_encode(fn: Callable) -> None:
         got = _id_list(_call(fn, call, text, list(merges)), call)
         expected = BPETokenizer(tuple(merges), NO_SPLIT).encode(text)
         if got != expected:
-            hint = ""
-            if got == list(text.encode("utf-8")):
-                hint = " (no merge was applied)"
-            elif sorted(got) == sorted(expected):
-                hint = " (right tokens, wrong order?)"
-            elif _apply(text, merges[::-1], reverse_ids=True) == got:
-                hint = " (merges applied in reverse order: apply them in the order they were learned)"
-            raise AssertionError(f"{call}: expected {expected}, got {got}{hint}")
+            raise AssertionError(f"{call}: expected {expected}, got {got}.{_encode_hint(fn, cases, text, merges, got)}")
     _passed("encode", len(cases))
 
 
-def _apply(text: str, merges: Sequence, reverse_ids: bool = False) -> list[int]:
-    ids, n = list(text.encode("utf-8")), len(merges)
+def _smallest_pair_first(text: str, merges: Sequence) -> list[int]:
+    """Repeatedly merge the smallest (as a tuple) learned pair present, not the earliest learned."""
+    ids, rank = list(text.encode("utf-8")), {tuple(p): k for k, p in enumerate(merges)}
+    while present := [p for p in set(zip(ids, ids[1:])) if p in rank]:
+        pair = min(present)
+        ids = merge_pair(ids, pair, 256 + rank[pair])
+    return ids
+
+
+_ENCODE_VARIANTS = {  # what a wrong encoding may be doing, and how to compute what it gives
+    "you apply the merges last-learned first; apply them in the order they were learned":
+        lambda text, merges: _apply(text, merges[::-1], reverse_ids=True),
+    "you merge the smallest pair present first; merge the earliest-learned pair first (merge k before k + 1)":
+        _smallest_pair_first,
+    "your ids are the Unicode code points (ord): start from the UTF-8 bytes, text.encode('utf-8')":
+        lambda text, merges: _apply(text, merges, start=[ord(ch) for ch in text]),
+    "no merge was applied: your ids are the plain UTF-8 bytes":
+        lambda text, merges: list(text.encode("utf-8")),
+}
+
+
+def _encode_hint(fn: Callable, cases: list, text: str, merges: Sequence, got: list[int]) -> str:
+    """Name a mistake only when `fn` agrees with it on every case of the check (one case can agree by
+    chance); always show the right steps, so the reader can find where theirs went elsewhere."""
+    outputs = []
+    for case_text, case_merges, _ in cases:
+        try:
+            outputs.append(fn(case_text, list(case_merges)))
+        except Exception:  # noqa: BLE001  (a crash on another case just means no variant matches)
+            outputs.append(None)
+    named = [why for why, variant in _ENCODE_VARIANTS.items()
+             if all(out == variant(t, list(m)) for out, (t, m, _) in zip(outputs, cases))]
+    steps, ids = [f"bytes {list(text.encode('utf-8'))}"], list(text.encode("utf-8"))
+    for k, pair in enumerate(merges):
+        merged = merge_pair(ids, tuple(pair), 256 + k)
+        steps.append(f"merge {k} {tuple(pair)} -> {256 + k}: " + (f"{merged}" if merged != ids else "no occurrence"))
+        ids = merged
+    return (f"{' On every case here, ' + named[0] + '.' if named else ''} The right steps, each merge applied "
+            f"to every occurrence, in the order learned: {'; '.join(steps)}.")
+
+
+def _apply(text: str, merges: Sequence, reverse_ids: bool = False, start: list[int] | None = None) -> list[int]:
+    ids, n = list(text.encode("utf-8")) if start is None else start, len(merges)
     for k, pair in enumerate(merges):
         ids = merge_pair(ids, tuple(pair), 256 + (n - 1 - k if reverse_ids else k))
     return ids

@@ -8,6 +8,7 @@ The references are `labkit.ngram.count_ngrams`, `add_k_prob` and `perplexity_fro
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping
 from numbers import Real
 
@@ -35,8 +36,9 @@ def _counts_diff(expected: Mapping, got: Mapping) -> str:
 
 
 def check_count_ngrams(fn: Callable) -> None:
-    """count_ngrams(tokens, n) must return a dict/Counter mapping each n-gram, a tuple of n consecutive
-    tokens, to how often it occurs: len(tokens) - n + 1 windows in all (none if n > len(tokens))."""
+    """count_ngrams(tokens, n) must return a collections.Counter mapping each n-gram, a tuple of n consecutive
+    tokens, to how often it occurs: len(tokens) - n + 1 windows in all (none if n > len(tokens)). A Counter,
+    not a plain dict: the lab's later cells call .most_common and read the count of an unseen n-gram as 0."""
     text = "the cat sat on the mat . the cat ate the rat .".split()
     cases = [
         (list("abcab"), 2),
@@ -50,9 +52,12 @@ def check_count_ngrams(fn: Callable) -> None:
     for tokens, n in cases:
         call = f"count_ngrams({_short(tokens)}, n={n})"
         got = _call(fn, call, list(tokens), n)  # a copy: a function that mutates its input can't fool us
-        if not isinstance(got, Mapping):
-            raise AssertionError(f"{call} should return a dict or Counter mapping n-gram -> count, "
-                                 f"got a {type(got).__name__}: {_short(got)}")
+        if not isinstance(got, Counter):
+            kind = "a dict" if isinstance(got, Mapping) else f"a {type(got).__name__}"
+            raise AssertionError(f"{call} should return a collections.Counter mapping n-gram -> count, got "
+                                 f"{kind}: {_short(got)}. The cells after this one need a Counter: they call "
+                                 f".most_common(), and look up n-grams that never occur, which a Counter "
+                                 f"counts as 0 (a dict raises KeyError).")
         bad_keys = [k for k in got if not (isinstance(k, tuple) and len(k) == n)]
         if bad_keys:
             raise AssertionError(f"{call}: keys must be tuples of n={n} tokens, e.g. {tuple(tokens[:n])!r}; "
@@ -118,7 +123,11 @@ def _floats(values) -> str:
 
 
 def check_perplexity(fn: Callable) -> None:
-    """perplexity(log_probs) = exp(-mean(log_probs)), for natural-log token probabilities."""
+    """perplexity(log_probs) = exp(-mean(log_probs)), for natural-log token probabilities, as a list or an
+    array, of any length: the lab scores tens of thousands of held-out characters, where a product of
+    probabilities underflows to 0 (and exp of minus the sum overflows) long before the mean does anything."""
+    rng = np.random.default_rng(0)
+    long_text = list(np.log(rng.uniform(0.01, 0.9, size=20_000)))  # probabilities 0.01..0.9
     cases = [
         ("uniform over 4 tokens, 10 positions", [math.log(1 / 4)] * 10),
         ("uniform over 27 tokens, 3 positions", [math.log(1 / 27)] * 3),
@@ -126,19 +135,28 @@ def check_perplexity(fn: Callable) -> None:
         ("probabilities 0.1, 0.2, 0.7", [math.log(0.1), math.log(0.2), math.log(0.7)]),
         ("a numpy array of log-probs", np.log(np.array([0.9, 0.05, 0.05, 0.5]))),
         ("perfect predictions (probability 1)", [0.0, 0.0]),
+        ("a long text: 20,000 tokens, as the lab's held-out set", long_text),
         ("a token with probability 0", [math.log(0.5), -math.inf]),
     ]
     for what, log_probs in cases:
         call = f"perplexity({_floats(log_probs)})  [{what}]"
-        got = _number(_call(fn, call, log_probs.copy()), call)
         expected = perplexity_from_log_probs(log_probs)
+        long = len(log_probs) > 1000
+        try:
+            got = _number(_call(fn, call, log_probs.copy()), call)
+        except AssertionError as e:
+            if not long:
+                raise
+            raise AssertionError(f"{e}. {_long_hint(log_probs)}") from None
         if math.isinf(expected):
             if not (math.isinf(got) and got > 0):
                 raise AssertionError(f"{call}: a token with probability 0 makes the perplexity infinite, got {got}")
             continue
         if not _close(got, expected):
             hint = ""
-            if _close(got, 1 / expected):
+            if long and (got == 0 or math.isinf(got) or math.isnan(got)):
+                hint = f". {_long_hint(log_probs)}"
+            elif _close(got, 1 / expected):
                 hint = " (that is 1/expected: check the minus sign)"
             elif len(log_probs) > 1 and _close(got, math.exp(-float(np.sum(log_probs)))):
                 hint = " (that is exp of the sum: average over the tokens)"
@@ -146,3 +164,10 @@ def check_perplexity(fn: Callable) -> None:
                 hint = " (log-probs are natural logs: use exp, not 2**)"
             raise AssertionError(f"{call}: expected exp(-mean(log_probs)) = {expected:.6g}, got {got:.6g}{hint}")
     _passed("perplexity", len(cases))
+
+
+def _long_hint(log_probs) -> str:
+    return (f"The short cases passed, so the length is what breaks it: over {len(log_probs):,} tokens the product "
+            f"of the probabilities is e^{float(np.sum(log_probs)):.0f}, which underflows to 0 in floating point "
+            f"(anything below ~1e-308 does), and exp(-sum) overflows to inf. Average the log-probabilities "
+            f"first, then take one exp.")

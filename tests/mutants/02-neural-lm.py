@@ -68,4 +68,40 @@ MUTANTS = [
            "        ids = merge_pair(ids, pair, 256 + k)\n"
            "    return ids",
            frozenset({"encode"})),
+    # Beyond the first ones: a rank-based encode with the wrong priority, an encode that stops early, a tie
+    # broken the other way, a merge that edits the caller's list.
+    Mutant("rank-based encode that merges the smallest pair present, not the earliest learned", "encode",
+           "def encode(text, merges):\n"
+           "    ids = list(text.encode('utf-8'))\n"
+           "    while True:\n"
+           "        present = [p for p in set(zip(ids, ids[1:])) if p in merges]\n"
+           "        if not present:\n"
+           "            return ids\n"
+           "        pair = min(present)\n"
+           "        ids = merge_pair(ids, pair, 256 + merges.index(pair))",
+           frozenset({"encode"})),
+    Mutant("encode that stops at the first merge with no occurrence", "encode",
+           "def encode(text, merges):\n"
+           "    ids = list(text.encode('utf-8'))\n"
+           "    for k, pair in enumerate(merges):\n"
+           "        merged = merge_pair(ids, pair, 256 + k)\n"
+           "        if merged == ids:\n"
+           "            break\n"
+           "        ids = merged\n"
+           "    return ids",
+           frozenset({"encode"})),
+    Mutant("ties go to the largest pair: max of (count, pair)", "most_frequent_pair",
+           "def most_frequent_pair(ids):\n"
+           "    counts = Counter(zip(ids, ids[1:]))\n"
+           "    return max(counts, key=lambda pair: (counts[pair], pair)) if counts else None",
+           frozenset({"most_frequent_pair", "bpe_training"})),
+    Mutant("merges in place with slice assignment: the right result, and the caller's list changed", "merge_pair",
+           "def merge_pair(ids, pair, new_id):\n"
+           "    i = 0\n"
+           "    while i < len(ids) - 1:\n"
+           "        if ids[i] == pair[0] and ids[i + 1] == pair[1]:\n"
+           "            ids[i:i + 2] = [new_id]\n"
+           "        i += 1\n"
+           "    return ids",
+           frozenset({"merge_pair"})),
 ]

@@ -41,4 +41,38 @@ MUTANTS = [
            "    x *= cos\n"
            "    return x + rotated\n",
            frozenset({"apply_rope"})),
+    # Beyond the first ones: a softmax written by hand, a dtype the layer after it cannot take, a layout assumed.
+    Mutant("softmax by hand without subtracting the max: exp overflows float32 once scores reach ~88",
+           "causal_attention",
+           "def causal_attention(q, k, v):\n"
+           "    d, t = q.shape[-1], q.shape[-2]\n"
+           "    scores = q @ k.transpose(-2, -1) / math.sqrt(d)\n"
+           "    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float('-inf'))\n"
+           "    weights = torch.exp(scores)\n"
+           "    return weights / weights.sum(dim=-1, keepdim=True) @ v\n",
+           frozenset({"causal_attention"})),
+    Mutant("computes in float64 for accuracy and returns float64: the float32 layer after it refuses it",
+           "causal_attention",
+           "def causal_attention(q, k, v):\n"
+           "    q, k, v = q.double(), k.double(), v.double()\n"
+           "    d, t = q.shape[-1], q.shape[-2]\n"
+           "    scores = q @ k.transpose(-2, -1) / math.sqrt(d)\n"
+           "    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float('-inf'))\n"
+           "    return torch.softmax(scores, dim=-1) @ v\n",
+           frozenset({"causal_attention", "rope_attention"})),
+    Mutant("flattens the heads with .view: fails on the transposed (non-contiguous) heads the layer passes",
+           "causal_attention",
+           "def causal_attention(q, k, v):\n"
+           "    d, t = q.shape[-1], q.shape[-2]\n"
+           "    q2, k2, v2 = q.view(-1, t, d), k.view(-1, t, d), v.view(-1, t, v.shape[-1])\n"
+           "    scores = torch.bmm(q2, k2.transpose(1, 2)) / math.sqrt(d)\n"
+           "    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float('-inf'))\n"
+           "    return torch.bmm(torch.softmax(scores, dim=-1), v2).view(*q.shape[:-1], v.shape[-1])\n",
+           frozenset({"causal_attention", "rope_attention"})),
+    Mutant("rotate_half with the halves taken along dim 1 instead of the last dim", "rotate_half",
+           "def rotate_half(x):\n"
+           "    half = x.shape[1] // 2\n"
+           "    x1, x2 = x[:, :half], x[:, half:]\n"
+           "    return torch.cat((-x2, x1), dim=1)\n",
+           frozenset({"rotate_half", "apply_rope", "rope_attention"})),
 ]
