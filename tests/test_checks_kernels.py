@@ -63,7 +63,8 @@ def _correct(name: str):
 @pytest.mark.parametrize("name", ["add_kernel", "softmax_kernel", "matmul_kernel", "attention_kernel"])
 def test_checks_pass_on_correct_kernels(name, capsys):
     getattr(checks, f"check_{name}")(_correct(name))
-    cases = {"matmul_kernel": 8}.get(name, 5)  # matmul: 5 row-major cases and 3 with column-major inputs
+    # matmul: 5 row-major cases, 3 with column-major inputs, 2 with sliced ones
+    cases = {"add_kernel": 5, "softmax_kernel": 7, "matmul_kernel": 10, "attention_kernel": 7}[name]
     assert f"passes {cases} checks" in capsys.readouterr().out
 
 
@@ -76,9 +77,17 @@ def test_checks_fail_on_each_mutant(mutant):
 
 
 @pytest.mark.parametrize("mutant, hint", [
-    (0, "outside the out tensor"), (1, "never written"), (2, "other=-float"), (3, "Subtract the row max"),
-    (4, "loaded past the end"), (5, "Loop over K"), (6, "use all four strides"), (7, "rescale both"),
-    (8, "score 0 instead of -inf")])
+    (0, r"tl.load read .* x\[100\] \(x is 100: index 100 is outside 0..99\)"), (1, "never written"),
+    (2, "other=-float"), (3, "Subtract the row max"),
+    (4, r"tl.load read .* a\[0, 40\] \(a is 20 x 40: column 40 is outside 0..39\). Mask every load"),
+    (5, "Loop over K"), (6, "use all four strides"), (7, "Yours equals a tile loop that does not rescale the accumulator acc"), (8, "score 0 instead of -inf"),
+    (9, r"a\[20, 0\] \(a is 20 x 40: row 20 is outside 0..19\). Mask every load .* masking the store"),
+    (10, r"q\[40, 0\] \(q is 40 x 16: row 40 is outside 0..39\)"),
+    (11, r"k\[40, 0\] \(k is 40 x 16: row 40 is outside 0..39\).* tl.where"),
+    (12, r"start m at -inf, not 0"),
+    (13, r"x\[0, 16\] .*where x\[1, 0\] would be if its rows were packed 16 apart, but they are 144 apart"),
+    (14, r"tl.load read 12 address.* x\[0, 20\]"),
+    (15, r"tl.load read 28 address.* x\[100\] .* masking the store")])
 def test_messages_point_at_the_bug(mutant, hint):
     m = MUTANTS[mutant]
     with pytest.raises(AssertionError, match=hint):
@@ -104,3 +113,40 @@ def test_guard_bands():
     assert checks.band_changed(buffer, (3, 4), checks.SENTINEL, pad=2) == 1
     nan_buffer, x = checks.guarded_input(torch.ones(5), pad=3)
     assert torch.isnan(nan_buffer[:3]).all() and torch.equal(x, torch.ones(5))
+
+
+@triton.jit
+def _copy_rows(x_ptr, out_ptr, n_cols, row_stride, BLOCK: tl.constexpr, MASK_LOAD: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    base = tl.program_id(0) * row_stride
+    x = tl.load(x_ptr + base + cols, mask=cols < n_cols) if MASK_LOAD else tl.load(x_ptr + base + cols)
+    tl.store(out_ptr + base + cols, x, mask=cols < n_cols)
+
+
+@pytest.mark.skipif(not labkit.kernels.backend.INTERPRETER, reason="the access watch needs the interpreter")
+def test_watch_memory_rejects_an_unmasked_read_whose_value_is_discarded():
+    _, x = checks.guarded_input(torch.randn(3, 10), step=(2, 1))
+    out_buf, out = checks.guarded((3, 10), fill=checks.SENTINEL, step=(2, 1))
+    with checks.watch_memory({"out"}, x=x, out=out):  # masked lanes are not accesses
+        _copy_rows[(3,)](x, out, 10, x.stride(0), BLOCK=16, MASK_LOAD=True)
+    assert torch.equal(out, x) and checks.band_changed(out_buf, (3, 10), checks.SENTINEL, step=(2, 1)) == 0
+    with pytest.raises(Exception) as caught, checks.watch_memory({"out"}, x=x, out=out):
+        _copy_rows[(3,)](x, out, 10, x.stride(0), BLOCK=16, MASK_LOAD=False)
+    cause = caught.value
+    while not isinstance(cause, checks.OutOfBounds):
+        cause = cause.__cause__
+    assert "tl.load read 6 address(es)" in str(cause) and "x[0, 10] (x is 3 x 10: column 10" in str(cause)
+    # the masked store hid it: out is still right, so only the watch sees the read
+    assert torch.equal(out, x)
+
+
+def test_index_of_maps_addresses_back_through_slices_and_transposes():
+    _, a = checks.guarded_input(torch.zeros(4, 6), pad=3, transposed=True, step=(1, 2))
+    region = checks._Region("a", a, writable=False)
+    assert a.stride() == (1, 2 * (4 + 6))
+    element = lambda i, j: a.data_ptr() + (i * a.stride(0) + j * a.stride(1)) * a.element_size()
+    assert region.index_of(element(2, 5)) == (2, 5)
+    assert region.index_of(element(4, 0)) == (4, 0)       # one row past the end, still inside the buffer
+    assert region.index_of(element(0, -1)) == (0, -1)
+    assert isinstance(region.index_of(element(0, 0) + a.element_size() * a.stride(1) // 2)[1], float)  # a gap
+    assert region.index_of(element(0, 0) + 10**9) is None

@@ -36,6 +36,22 @@ def update_not_in_place(k_cache, v_cache, k_new, v_new, start):  # returns the r
     return torch.cat([k_cache[:, :, :start], k_new], 2), torch.cat([v_cache[:, :, :start], v_new], 2)
 
 
+def update_returns_copies(k_cache, v_cache, k_new, v_new, start):  # stores, then returns fresh copies
+    end = start + k_new.shape[2]
+    k_cache[:, :, start:end], v_cache[:, :, start:end] = k_new, v_new
+    return k_cache[:, :, :end].clone(), v_cache[:, :, :end].clone()
+
+
+def update_v_gets_k(k_cache, v_cache, k_new, v_new, start):  # copy-paste: the keys stored as values too
+    end = start + k_new.shape[2]
+    k_cache[:, :, start:end], v_cache[:, :, start:end] = k_new, k_new
+    return k_cache[:, :, :end], v_cache[:, :, :end]
+
+
+def kept_unclipped_sinks(seen, n_sink, window):  # keeps n_sink sinks even before n_sink tokens exist
+    return [*range(n_sink), *range(max(n_sink, seen - (window - 1)), seen)]
+
+
 def kept_no_sinks(seen, n_sink, window):
     return list(range(max(0, seen - window + 1), seen))
 
@@ -60,6 +76,8 @@ def test_references_pass(tiny, capsys):
     (update_at_zero, "must be the 3 keys/values stored before"),
     (update_only_new, "You returned only the new keys"),
     (update_not_in_place, "write in place"),
+    (update_returns_copies, "k_all has the right values but is a copy"),
+    (update_v_gets_k, r"v_all\[:, :, start:start \+ T\] must be v_new"),
 ])
 def test_cache_update_catches(fn, message):
     with pytest.raises(AssertionError, match=message):
@@ -76,6 +94,8 @@ def test_cache_update_in_model_catches(tiny, fn):
     (kept_no_sinks, "attention sinks\\) must never be evicted"),
     (kept_window_too_long, "keep window - 1"),
     (kept_duplicates, "appear twice"),
+    (kept_unclipped_sinks, r"kept_positions\(seen=0, n_sink=4, window=16\).*Position\(s\) \[0, 1, 2, 3\] are not "
+                           r"in the cache: after seen=0 tokens it holds none yet"),
 ])
 def test_kept_positions_catches(fn, message):
     with pytest.raises(AssertionError, match=message):

@@ -41,12 +41,15 @@ def _check_model(model: object) -> Llama:
 def check_cache_update(fn: Callable) -> None:
     """cache_update(k_cache, v_cache, k_new, v_new, start): write k_new, v_new [B, H, T, D] into the
     preallocated k_cache, v_cache [B, H, max_len, D] at positions start..start+T-1 (in place), and return
-    views of positions 0..start+T-1 of both."""
+    views of positions 0..start+T-1 of both: views into the cache, not copies (a copy gives the right values
+    at the cost of copying the whole cache at every step, which the cache exists to avoid)."""
     cases = [((1, 2, 8, 4), 0, 3),   # prefill: 3 tokens into an empty cache
              ((1, 2, 8, 4), 3, 1),   # decode: one token after 3
              ((2, 3, 10, 2), 5, 2),  # a batch of 2, two new tokens
-             ((1, 1, 6, 3), 5, 1)]   # the last free slot
+             ((1, 1, 6, 3), 5, 1),   # the last free slot
+             ((1, 2, 5, 3), 0, 5)]   # a prompt that fills the whole cache
     g = torch.Generator().manual_seed(0)
+    copied = None  # the first case whose result was a copy, not a view
     for (b, h, max_len, d), start, t in cases:
         k_cache, v_cache = torch.zeros(b, h, max_len, d), torch.zeros(b, h, max_len, d)
         k_cache[:, :, :start] = torch.randn(b, h, start, d, generator=g)  # what earlier steps stored
@@ -75,6 +78,15 @@ def check_cache_update(fn: Callable) -> None:
             raise AssertionError(f"{call}: k_cache and v_cache themselves must hold the new entries at "
                                  f"positions {start}..{start + t - 1} afterwards (write in place): the next step "
                                  "reads them from there.")
+        for name, got, cache in (("k_all", k_all, k_cache), ("v_all", v_all, v_cache)):
+            if copied is None and got.untyped_storage().data_ptr() != cache.untyped_storage().data_ptr():
+                copied = (call, name, start + t)
+    if copied is not None:  # right values on every case: only now is "a copy" the whole story
+        call, name, length = copied
+        raise AssertionError(f"{call}: {name} has the right values but is a copy (torch.cat, .clone() or a new "
+                             f"tensor), not a view of the cache: every step would copy the whole cache, {length} "
+                             f"positions here, which is the cost the cache avoids. Return a slice of the cache: "
+                             f"cache[:, :, :start + T].")
     _passed("cache_update", len(cases))
 
 
@@ -138,7 +150,12 @@ def check_kept_positions(fn: Callable) -> None:
         if got != expected:
             hint = ""
             recent = [p for p in got if p >= n_sink]
-            if not set(range(min(n_sink, seen))) <= set(got):
+            unseen = sorted(p for p in set(got) if not 0 <= p < seen)
+            if unseen:
+                held = f"positions 0..{seen - 1} only" if seen else "none yet"
+                hint = (f" Position(s) {unseen[:5]} are not in the cache: after seen={seen} tokens it holds "
+                        f"{held} (with fewer than n_sink tokens, every one is a sink).")
+            elif not set(range(min(n_sink, seen))) <= set(got):
                 hint = " The first n_sink positions (the attention sinks) must never be evicted."
             elif len(got) != len(set(got)):
                 hint = " Some positions appear twice: a sink can also be among the recent ones."
