@@ -34,6 +34,16 @@ def stub(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
     raise NotImplementedError("Exercise: write the kernel")
 
 
+def _interpreter_only() -> set[str]:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("mutants_08", Path(__file__).parent / "mutants" / "08-gpu-triton.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.INTERPRETER_ONLY
+
+
 def _correct(name: str):
     """The correct kernel: a mutant's source with its bug undone is not available, so build it from the
     attention mutant generator (both knobs on) or use labkit's own kernels where the signature matches."""
@@ -70,6 +80,8 @@ def test_checks_pass_on_correct_kernels(name, capsys):
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.why[:40] for m in MUTANTS])
 def test_checks_fail_on_each_mutant(mutant):
+    if mutant.why in _interpreter_only() and not labkit.kernels.backend.INTERPRETER:
+        pytest.skip("only the interpreter's access watch sees a read whose value is discarded")
     kernel = _compile(mutant.source, mutant.function)
     for name in mutant.fails:
         with pytest.raises(AssertionError, match=r"\w+_kernel\["):  # the message names the launch
@@ -80,7 +92,8 @@ def test_checks_fail_on_each_mutant(mutant):
     (0, r"tl.load read .* x\[100\] \(x is 100: index 100 is outside 0..99\)"), (1, "never written"),
     (2, "other=-float"), (3, "Subtract the row max"),
     (4, r"tl.load read .* a\[0, 40\] \(a is 20 x 40: column 40 is outside 0..39\). Mask every load"),
-    (5, "Loop over K"), (6, "use all four strides"), (7, "Yours equals a tile loop that does not rescale the accumulator acc"), (8, "score 0 instead of -inf"),
+    (5, "Loop over K"), (6, "row-major inputs passes, so the layout is what breaks it.*use all four strides"),
+    (7, "Yours equals a tile loop that does not rescale the accumulator acc"), (8, "score 0 instead of -inf"),
     (9, r"a\[20, 0\] \(a is 20 x 40: row 20 is outside 0..19\). Mask every load .* masking the store"),
     (10, r"q\[40, 0\] \(q is 40 x 16: row 40 is outside 0..39\)"),
     (11, r"k\[40, 0\] \(k is 40 x 16: row 40 is outside 0..39\).* tl.where"),

@@ -151,3 +151,7 @@ MUTANTS = [
                   "    tl.store(out_ptr + offs, tl.load(x_ptr + offs) + tl.load(y_ptr + offs), mask=offs < n)\n",
            frozenset({"add_kernel"})),
 ]
+
+# Mutants whose only symptom is a read that a masked store or tl.where discards: the interpreter's access
+# watch (labkit.checks.kernels.watch_memory) sees them; compiled on a GPU, no check can.
+INTERPRETER_ONLY = {m.why for m in MUTANTS if "masked store" in m.why or "tl.where" in m.why}
