@@ -161,9 +161,9 @@ def test_loop_checks_pass_on_a_correct_loop(capsys):
     (variant(whole=True), r"built a \[50, 50\] tensor"),
     (variant(lse_plus_m=False), "lse is not"),
     (variant(update=tile_max), "inf or NaN"),
-    (lambda q, k, v, causal, bq, bk: tiled(q, k, v, causal, q.shape[-2], bk), "more than block_q = 8 query rows"),
-    (lambda q, k, v, causal, bq, bk: tiled(q.clone().mul_(1), k, v, causal, bq, bk)[0], r"tuple \(out, lse\)"),
-    (lambda q, k, v, causal, bq, bk: tiled(q.mul_(2) / 2, k, v, causal, bq, bk), "in place"),
+    (lambda q, k, v, causal, block_q, block_k: tiled(q, k, v, causal, q.shape[-2], block_k), "more than block_q = 8 query rows"),
+    (lambda q, k, v, causal, block_q, block_k: tiled(q, k, v, causal, block_q, block_k)[0], r"tuple \(out, lse\)"),
+    (lambda q, k, v, causal, block_q, block_k: tiled(q.mul_(2) / 2, k, v, causal, block_q, block_k), "in place"),
 ])
 def test_loop_check_catches(fn, message, capsys):
     with pytest.raises(AssertionError, match=message):
@@ -175,6 +175,8 @@ def test_loop_check_catches(fn, message, capsys):
     (variant(use_mask=False), "ignores key_mask"),
     (variant(guard=False), r"may see no key at all .* divide by l only where l > 0"),
     (variant(update=no_masked_row_guard), "exercise 1's masked-row case"),
+    (lambda q, k, v, causal=False, block_q=16, block_k=16, mask=None: tiled(q, k, v, causal, block_q, block_k, mask),
+     "unexpected keyword argument 'key_mask'"),
 ])
 def test_padding_check_catches(fn, message):
     with pytest.raises(AssertionError, match=message):
@@ -182,7 +184,7 @@ def test_padding_check_catches(fn, message):
 
 
 def test_loop_checks_raise_not_implemented_on_the_blank_lab():
-    def stub(*args):
+    def stub(*args, **kwargs):
         raise NotImplementedError("Exercise: ...")
     for check in (check_flash_forward, check_flash_padding):
         with pytest.raises(NotImplementedError):

@@ -242,8 +242,11 @@ def _diagnose(out, q, k, v, causal, key_mask, bq, bk, tol) -> str:
 
 def _run_loop(fn, what, q, k, v, causal, bq, bk, key_mask=None, structure=False):
     call = f"flash_forward on {what}"
-    args = (q, k, v, causal, bq, bk) + (() if key_mask is None else (key_mask,))
-    got, ops = _record_ops(fn, call, *args)
+
+    def by_keyword(q, k, v, *mask):  # as the lab's later cells call it: causal=..., block_q=..., key_mask=...
+        return fn(q, k, v, causal=causal, block_q=bq, block_k=bk, **({"key_mask": mask[0]} if mask else {}))
+
+    got, ops = _record_ops(by_keyword, call, q, k, v, *(() if key_mask is None else (key_mask,)))
     out, lse = _loop_result(got, call, q, v)
     t_q, t_k = q.shape[-2], k.shape[-2]
     allowed = _allowed(t_q, t_k, causal, key_mask)
@@ -297,7 +300,7 @@ def _qkv(g, lead, t_q, t_k, d, gain=1.0):
 
 
 def check_flash_forward(fn: Callable) -> None:
-    """fn(q, k, v, causal, block_q, block_k) -> (out, lse), a tiled loop over [block_q, block_k] tiles with the
+    """fn(q, k, v, causal=..., block_q=..., block_k=...) -> (out, lse), a tiled loop over [block_q, block_k] tiles with the
     online softmax, must equal torch's attention (causal: query i sees key j <= i + Tk - Tq) for lengths that
     are not multiples of the blocks, a KV-cache shape, a single decode query, blocks larger than the sequence,
     scores of a few hundred in either sign; must never build the [Tq, Tk] score matrix, and must skip the
@@ -327,7 +330,7 @@ def check_flash_forward(fn: Callable) -> None:
 
 
 def check_flash_padding(fn: Callable) -> None:
-    """fn(q, k, v, causal, block_q, block_k, key_mask) with key_mask [B, Tk] bool (False = a padding key that
+    """fn(q, k, v, causal=..., block_q=..., block_k=..., key_mask=...) with key_mask [B, Tk] bool (False = a padding key that
     no query may see). Rows that may see no key at all (a padding query of a left-padded batch, under the causal
     mask) must give out = 0 and lse = -inf, as torch and FlashAttention do; other rows must be exact even when
     their first tiles are entirely padding."""
