@@ -14,8 +14,8 @@ that grows with the square of the length. Queries are never cached: only the new
     generate      the sampling loop of chapter 4 (`labkit.sampling.generate`), with a cache: prefill, then decode
     cache_bytes   2 * layers * kv_heads * head_dim * bytes * tokens: what the cache costs in memory
     token_times   the clock read after every greedy token, with or without the cache: t(m) = t_a + t_b * m
-    DecodeStep    the fast path for one decode step: Llama.forward for one new token per sequence, with each
-                  weight matrix read by `matvec`, a loop that streams it from memory at full speed
+    DecodeStep    the fast path for one decode step: Llama.forward for one new token per sequence, each block
+                  one compiled function (`_block`) whose matrix products stream the weights (`matvec`'s loop)
 
 The cache is what `labkit.llama.Llama.forward(ids, cache=...)` talks to: `update(layer, k, v)` stores the new
 keys and values of one layer and returns all of them, `advance(n)` moves on once every layer has stored n
@@ -23,23 +23,24 @@ tokens, `seen` is how many tokens it has seen (the next token's absolute positio
 
 Why a fast path: with a cache, one decode step multiplies every weight matrix by a single vector, so it does
 ~2 FLOPs per weight read and its speed is set by memory bandwidth (the decode roofline: bytes of weights and
-cache ÷ bytes per second). On the course's CPU, torch's matrix-vector product (MKL) streams the model's narrow
-matrices (576 or 1536 columns) at only ~10-13 GB/s, while a plain loop compiled by numba streams them at
-~25-30 GB/s, about the speed of `tensor.sum()` (benchmarks/decode.py measures both).
-`DecodeStep` is that loop plus the same block wiring as `labkit.llama`; a test checks it against Llama.forward.
+cache ÷ bytes per second). Two things keep the plain `Llama.forward` far from it: torch's matrix-vector
+product streams the model's narrow matrices (576 or 1536 columns) more slowly than a plain loop compiled by
+numba does, and the ~40 small torch operations of each block (norms, RoPE, attention over the cache, SiLU,
+residuals) each cost a few microseconds of dispatch, more than their arithmetic. `DecodeStep` compiles each
+block, loops for all of it, into one function; `benchmarks/decode.py` profiles where its time goes. Tests
+check it against Llama.forward (logits, cache contents, generated tokens).
 """
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from .attention import scaled_dot_product_attention
 from .llama import Llama, LlamaConfig
-from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+from .rope import rope_cos_sin, rope_inv_freq
 from .sampling import _check_generate_args, sample_next
 
 
@@ -114,10 +115,23 @@ class KVCache:
 
 @numba.njit(fastmath=True, cache=False)
 def _matvec_kernel(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    for i in range(w.shape[0]):          # one row of W at a time, front to back: a pure stream through memory
+    # W is read front to back, four rows at a time: a pure stream through memory, with four independent sums in
+    # flight (on the model's narrow matrices that streams faster than one row at a time)
+    rows = w.shape[0] - w.shape[0] % 4
+    for i in range(0, rows, 4):
+        for b in range(x.shape[0]):
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for j in range(w.shape[1]):  # fastmath lets numba reorder each sum into SIMD lanes
+                xj = x[b, j]
+                a0 += w[i, j] * xj
+                a1 += w[i + 1, j] * xj
+                a2 += w[i + 2, j] * xj
+                a3 += w[i + 3, j] * xj
+            out[b, i], out[b, i + 1], out[b, i + 2], out[b, i + 3] = a0, a1, a2, a3
+    for i in range(rows, w.shape[0]):  # the last rows, fewer than four
         for b in range(x.shape[0]):
             acc = np.float32(0.0)
-            for j in range(w.shape[1]):  # fastmath lets numba reorder this sum into SIMD lanes
+            for j in range(w.shape[1]):
                 acc += w[i, j] * x[b, j]
             out[b, i] = acc
 
@@ -133,15 +147,116 @@ def matvec(x: torch.Tensor, w: np.ndarray) -> torch.Tensor:
     return out
 
 
+# The rest of a block, written as loops over one new token per sequence (x is [B, dim]): the same formulas as
+# labkit.transformer.RMSNorm, labkit.rope.apply_rope and labkit.attention.scaled_dot_product_attention, in
+# float32. Compiled into the block below, they cost no per-operation overhead: in torch each of the ~40 small
+# operations of a block costs a few microseconds of dispatch, more than its arithmetic (benchmarks/decode.py).
+
+@numba.njit(fastmath=True, cache=False)
+def _linear(x, w):  # x [B, in] @ w.T -> [B, out]
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    _matvec_kernel(w, x, out)
+    return out
+
+
+@numba.njit(fastmath=True, cache=False)
+def _rmsnorm(x, weight, eps):  # x / sqrt(mean(x^2) + eps) * weight, per row
+    out = np.empty_like(x)
+    for b in range(x.shape[0]):
+        mean_sq = np.float32(0.0)
+        for j in range(x.shape[1]):
+            mean_sq += x[b, j] * x[b, j]
+        scale = np.float32(1.0) / np.sqrt(mean_sq / np.float32(x.shape[1]) + eps)
+        for j in range(x.shape[1]):
+            out[b, j] = weight[j] * (x[b, j] * scale)
+    return out
+
+
+@numba.njit(fastmath=True, cache=False)
+def _rope(x, cos, sin, head_dim):  # in place, per head: the pair (x[i], x[i + D/2]) turned by angle i
+    half = head_dim // 2
+    for b in range(x.shape[0]):
+        for start in range(0, x.shape[1], head_dim):
+            for i in range(half):
+                a, c = x[b, start + i], x[b, start + half + i]
+                x[b, start + i] = a * cos[i] - c * sin[i]
+                x[b, start + half + i] = c * cos[half + i] + a * sin[half + i]
+    return x
+
+
+@numba.njit(fastmath=True, cache=False)
+def _attend(q, k, v, length, head_dim):
+    """softmax(q k^T / sqrt(D)) v for one query per head: q [B, H * D] against the first `length` positions
+    of k, v [B, H_kv, max_len, D]. Query head h reads key/value head h // (H / H_kv) (no copies of k, v)."""
+    B, H, H_kv = q.shape[0], q.shape[1] // head_dim, k.shape[1]
+    out = np.zeros_like(q)
+    scores = np.empty(length, np.float32)
+    sqrt_d = np.sqrt(np.float32(head_dim))
+    for b in range(B):
+        for h in range(H):
+            g, qh = h // (H // H_kv), h * head_dim
+            best = np.float32(-np.inf)
+            for t in range(length):
+                s = np.float32(0.0)
+                for d in range(head_dim):
+                    s += q[b, qh + d] * k[b, g, t, d]
+                scores[t] = s / sqrt_d
+                best = max(best, scores[t])
+            total = np.float32(0.0)
+            for t in range(length):  # subtract the max before exp: no overflow (chapter 3)
+                scores[t] = np.exp(scores[t] - best)
+                total += scores[t]
+            for t in range(length):
+                p = scores[t] / total
+                for d in range(head_dim):
+                    out[b, qh + d] += p * v[b, g, t, d]
+    return out
+
+
+@numba.njit(fastmath=True, cache=False)
+def _cache_write(cache, pos, x, head_dim):  # cache[:, :, pos, :] = x [B, H_kv * D]: the cache update
+    for b in range(x.shape[0]):
+        for g in range(cache.shape[1]):
+            for d in range(head_dim):
+                cache[b, g, pos, d] = x[b, g * head_dim + d]
+
+
+class BlockWeights(NamedTuple):
+    """One Llama block's parameters as numpy views (no copies): what `_block` reads."""
+    attn_norm: np.ndarray
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    o: np.ndarray
+    mlp_norm: np.ndarray
+    gate: np.ndarray
+    up: np.ndarray
+    down: np.ndarray
+
+
+@numba.njit(fastmath=True, cache=False)
+def _block(x, w, k_cache, v_cache, pos, cos, sin, head_dim, eps):
+    """One Llama block for one new token per sequence, x [B, dim] -> [B, dim]; stores the token's key and value
+    at position `pos` of this layer's cache k_cache, v_cache [B, H_kv, max_len, D]. labkit.llama's wiring."""
+    h = _rmsnorm(x, w.attn_norm, eps)
+    q = _rope(_linear(h, w.q), cos, sin, head_dim)
+    _cache_write(k_cache, pos, _rope(_linear(h, w.k), cos, sin, head_dim), head_dim)
+    _cache_write(v_cache, pos, _linear(h, w.v), head_dim)
+    x = x + _linear(_attend(q, k_cache, v_cache, pos + 1, head_dim), w.o)
+    h = _rmsnorm(x, w.mlp_norm, eps)
+    gate, up = _linear(h, w.gate), _linear(h, w.up)
+    return x + _linear(gate / (np.float32(1.0) + np.exp(-gate)) * up, w.down)  # SwiGLU: silu(gate) * up
+
+
 class DecodeStep:
     """One decode step of `model`, fast: tokens [B] (one new token per sequence) + cache -> logits [B, vocab].
 
     The same computation as `model(tokens[:, None], cache=cache)[:, -1]` (labkit.llama's wiring, its norms and
     RoPE), with two changes that only pay off for a single new token:
-    * every weight matrix is read by `matvec` (numpy views of the parameters, made once: no copy);
-    * grouped-query attention without `repeat_kv`: the n_rep query heads of a group are viewed as n_rep
-      queries of its one key/value head, [B, H_kv, n_rep, D] against [B, H_kv, T, D] (no causal mask is
-      needed: the newest token may read every cached one).
+    * every weight matrix is read by `_matvec_kernel` (on numpy views of the parameters, made once: no copy);
+    * each block is one compiled function (`_block`), so the ~40 small operations between the matrix products
+      (norms, RoPE, attention over the cache, SiLU, residuals) cost their arithmetic, not a torch dispatch
+      each. Grouped-query attention reads each key/value head for its n_rep query heads, without copies.
     """
 
     def __init__(self, model: Llama):
@@ -149,32 +264,31 @@ class DecodeStep:
             raise TypeError(f"model must be labkit's Llama, got {type(model).__name__}")
         self.model = model
         self.inv_freq = rope_inv_freq(model.cfg.head_dim, model.cfg.rope_theta)
-        w = lambda linear: linear.weight.detach().numpy()  # shares memory with the parameter
-        self.layers = [(w(b.self_attn.q_proj), w(b.self_attn.k_proj), w(b.self_attn.v_proj), w(b.self_attn.o_proj),
-                        w(b.mlp.gate_proj), w(b.mlp.up_proj), w(b.mlp.down_proj)) for b in model.layers]
-        head = model.embed_tokens if model.lm_head is None else model.lm_head
-        self.head = head.weight.detach().numpy()
+        w = lambda module: module.weight.detach().numpy()  # shares memory with the parameter
+        self.blocks = [BlockWeights(w(b.input_layernorm), w(b.self_attn.q_proj), w(b.self_attn.k_proj),
+                                    w(b.self_attn.v_proj), w(b.self_attn.o_proj), w(b.post_attention_layernorm),
+                                    w(b.mlp.gate_proj), w(b.mlp.up_proj), w(b.mlp.down_proj)) for b in model.layers]
+        self.embed, self.norm = w(model.embed_tokens), w(model.norm)
+        self.head = w(model.embed_tokens if model.lm_head is None else model.lm_head)
+        self.eps = np.float32(model.cfg.norm_eps)
 
     @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor, cache) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 1 or tokens.is_floating_point():
             raise ValueError(f"tokens must be an integer tensor [batch] (one new token per sequence), got "
                              f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
-        cfg, model = self.model.cfg, self.model
-        B, H, H_kv, D = tokens.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        cos, sin = rope_cos_sin(torch.tensor([cache.seen]), self.inv_freq)  # [1, D]: the new token's position
-        x = model.embed_tokens(tokens)  # [B, dim]
-        for i, (block, (wq, wk, wv, wo, wg, wu, wd)) in enumerate(zip(model.layers, self.layers)):
-            h = block.input_layernorm(x)
-            q = apply_rope(matvec(h, wq).view(B, H, 1, D), cos, sin)
-            k = apply_rope(matvec(h, wk).view(B, H_kv, 1, D), cos, sin)
-            k, v = cache.update(i, k, matvec(h, wv).view(B, H_kv, 1, D))
-            y = scaled_dot_product_attention(q.view(B, H_kv, H // H_kv, D), k, v)  # [B, H_kv, n_rep, D]
-            x = x + matvec(y.reshape(B, H * D), wo)
-            h = block.post_attention_layernorm(x)
-            x = x + matvec(F.silu(matvec(h, wg)) * matvec(h, wu), wd)
+        if not isinstance(cache, KVCache) or cache.k.dtype != torch.float32 or cache.k.shape[1] != tokens.shape[0]:
+            raise ValueError(f"cache must be a float32 KVCache for a batch of {tokens.shape[0]}")
+        if cache.seen >= cache.max_len:
+            raise ValueError(f"the cache holds {cache.max_len} tokens and is full")
+        pos, D = cache.seen, self.model.cfg.head_dim
+        cos, sin = (t[0].numpy() for t in rope_cos_sin(torch.tensor([pos]), self.inv_freq))  # [D] each
+        k_all, v_all = cache.k.numpy(), cache.v.numpy()  # views: writing them writes the cache
+        x = self.embed[tokens.numpy()]  # [B, dim]
+        for i, w in enumerate(self.blocks):
+            x = _block(x, w, k_all[i], v_all[i], pos, cos, sin, D, self.eps)
         cache.advance(1)
-        return matvec(model.norm(x), self.head)
+        return torch.from_numpy(_linear(_rmsnorm(x, self.norm, self.eps), self.head))
 
 
 @torch.no_grad()

@@ -2,12 +2,14 @@
 
 Two ways to count n-grams:
   * `count_ngrams`: the plain-Python reference, one line over a Counter. Read this one.
-  * `count_ngrams_numba`: the same counts, compiled. Each window of n ids is packed into one int64 key
-    (mixed radix: key = sum_j ids[i+j] * V**(n-1-j), so sorting keys sorts n-grams lexicographically) and
-    counted in an array-based open-addressing hash table: O(N) with no Python objects; then only the m
-    distinct keys are sorted. Its speedup is largest when windows repeat a lot (characters: ~20-35x here)
-    and smaller when most n-grams are rare (words: ~6-10x), since every distinct key costs a cache miss
-    and a place in the sort. `benchmarks/ngram_counting.py` measures it.
+  * `count_ngrams_numba`: the same counts with no Python objects. Each window of n ids is packed into one
+    integer key (mixed radix: key = sum_j ids[i+j] * V**(n-1-j), so sorting keys sorts n-grams
+    lexicographically); the N keys are sorted, which puts equal n-grams side by side, and one pass counts
+    the runs. Its cost is about the same per window whether windows repeat (characters) or are mostly new
+    (words). A hash table, the other way to count, is cheaper per window when the distinct keys fit in the
+    processor's cache (characters) but pays a cache miss for every new key, and then still has to sort the
+    distinct keys: on the word corpus it is the slower of the two. `benchmarks/ngram_counting.py` measures
+    both ways against the plain-Python reference, and where the time goes.
 
 `fit_counts` counts every order 1..max_order once; an `NgramLM` is then a cheap view on those counts for any
 n <= max_order and any smoothing parameter, so a notebook can sweep n and k without refitting. All lookups
@@ -86,116 +88,52 @@ def count_ngrams(tokens: Sequence, n: int) -> Counter[tuple]:
     return Counter(zip(*(tokens[i:] for i in range(n))))
 
 
-# Fibonacci hashing: multiply by 2**64 / golden ratio (wrapping) and keep the top bits. Cheap, and it spreads
-# the structured mixed-radix keys evenly over the table. This is 0x9E3779B97F4A7C15 as a signed int64.
-_FIB = np.int64(-7046029254386353131)
-_EMPTY = -1  # marks a free slot; keys are >= 0
-# The hash table is one int64 array of 2 * 2**bits entries: slot s holds its key at [2s] and the key's count
-# at [2s + 1], so a probe touches one cache line.
-
-
 @numba.njit(cache=False)
-def _new_table(bits):  # pragma: no cover
-    table = np.zeros(2 << bits, np.int64)
-    table[0::2] = _EMPTY
-    return table
-
-
-@numba.njit(cache=False)
-def _insert_windows(ids, n, vocab_size, start, table, bits, distinct, used):  # pragma: no cover
-    """Count windows start, start+1, ... into the table until done or the table is half full.
-
-    New keys are also appended to `distinct`. Returns (next window, number of distinct keys). `table` is
-    never reassigned inside this loop, which lets numba compile it to a tight loop.
-    """
-    mask = (1 << bits) - 1
-    n_windows = max(ids.size - n + 1, 0)
-    for i in range(start, n_windows):
-        if 2 * used > mask:  # half full: linear probing slows down beyond this, so let the caller grow it
-            return i, used
-        key = np.int64(0)
-        for j in range(n):  # mixed radix: the first token is the most significant digit
+def _window_keys(ids, n, vocab_size, keys):  # pragma: no cover
+    """keys[i] = the mixed-radix key of the window ids[i:i+n] (the first id is the most significant digit)."""
+    for i in range(keys.size):
+        key = 0
+        for j in range(n):
             key = key * vocab_size + ids[i + j]
-        slot = ((key * _FIB) >> (64 - bits)) & mask
-        while table[2 * slot] != key and table[2 * slot] != _EMPTY:  # linear probing
-            slot = (slot + 1) & mask
-        if table[2 * slot] == _EMPTY:
-            table[2 * slot] = key
-            distinct[used] = key
-            used += 1
-        table[2 * slot + 1] += 1
-    return n_windows, used
+        keys[i] = key
+    return keys
 
 
 @numba.njit(cache=False)
-def _rehash(table, bits):  # pragma: no cover
-    """A table of 2**bits slots holding the same keys and counts."""
-    mask = (1 << bits) - 1
-    new = _new_table(bits)
-    for s in range(table.size // 2):
-        key = table[2 * s]
-        if key != _EMPTY:
-            slot = ((key * _FIB) >> (64 - bits)) & mask
-            while new[2 * slot] != _EMPTY:
-                slot = (slot + 1) & mask
-            new[2 * slot] = key
-            new[2 * slot + 1] = table[2 * s + 1]
-    return new
-
-
-@numba.njit(cache=False)
-def _hash_count(ids, n, vocab_size, bits):  # pragma: no cover
-    """Count every window of n ids in a table of 2**bits slots that doubles when half full.
-
-    Returns (table, its final bits, the distinct keys in order of first appearance).
-    """
-    n_windows = max(ids.size - n + 1, 0)
-    table = _new_table(bits)
-    distinct = np.empty(n_windows, np.int64)  # only the first `used` entries are ever written
-    i, used = 0, 0
-    while True:
-        i, used = _insert_windows(ids, n, vocab_size, i, table, bits, distinct, used)
-        if i >= n_windows:
-            break
-        bits += 1
-        table = _rehash(table, bits)
-    return table, bits, distinct[:used]
-
-
-@numba.njit(cache=False)
-def _counts_of(keys, table, bits):  # pragma: no cover
-    """The count of each key (all present in the table)."""
-    mask = (1 << bits) - 1
-    out = np.empty(keys.size, np.int64)
-    for u in range(keys.size):
-        slot = ((keys[u] * _FIB) >> (64 - bits)) & mask
-        while table[2 * slot] != keys[u]:
-            slot = (slot + 1) & mask
-        out[u] = table[2 * slot + 1]
-    return out
+def _run_lengths(sorted_keys):  # pragma: no cover
+    """The distinct values of a sorted array and how often each occurs. Equal keys are neighbours, so a run
+    starts wherever a key differs from the one before."""
+    n = sorted_keys.size
+    starts = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        starts[m] = i  # kept only if a run starts here (m moves on); no branch for the processor to mispredict
+        m += i == 0 or sorted_keys[i] != sorted_keys[i - 1]
+    distinct, counts = np.empty(m, np.int64), np.empty(m, np.int64)
+    for u in range(m):
+        end = starts[u + 1] if u + 1 < m else n
+        distinct[u], counts[u] = sorted_keys[starts[u]], end - starts[u]
+    return distinct, counts
 
 
 def _count_codes(ids: np.ndarray, n: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct mixed-radix keys of the n-gram windows of ids (int64, contiguous), and their counts."""
     n_windows = max(ids.size - n + 1, 0)
-    # Start with room for as many distinct keys as there can be, but at most 2**16 slots: a table much
-    # sparser than needed spreads the frequent keys over more cache lines. It doubles when half full.
-    bits = max(6, min(16, (2 * min(n_windows, vocab_size ** n)).bit_length()))
-    table, bits, distinct = _hash_count(ids, n, vocab_size, bits)
-    keys = np.sort(distinct)  # numpy's SIMD sort beats sorting inside numba
-    return keys, _counts_of(keys, table, bits)
+    # 32-bit keys when every key fits (characters, word bigrams): the sort then moves half the bytes
+    dtype = np.int32 if vocab_size ** n <= np.iinfo(np.int32).max else np.int64
+    keys = _window_keys(ids, n, vocab_size, np.empty(n_windows, dtype))
+    keys.sort()  # numpy's sort (SIMD quicksort): equal n-grams become neighbours
+    return _run_lengths(keys)
 
 
-@numba.njit(cache=False)
-def _decode_keys(keys, n, vocab_size):  # pragma: no cover
+def _decode_keys(keys: np.ndarray, n: int, vocab_size: int) -> np.ndarray:
     """Mixed-radix keys -> [m, n] int64 array of ids (the first id is the most significant digit)."""
     out = np.empty((keys.size, n), np.int64)
-    for u in range(keys.size):
-        key = keys[u]
-        for j in range(n - 1, -1, -1):
-            rest = key // vocab_size
-            out[u, j] = key - rest * vocab_size  # one division per digit
-            key = rest
+    for j in range(n - 1, 0, -1):  # the last digit first: key = rest * V + digit (numpy divides by a constant fast)
+        rest = keys // vocab_size
+        out[:, j] = keys - rest * vocab_size
+        keys = rest
+    out[:, 0] = keys  # what is left after n - 1 digits is the first one
     return out
 
 
@@ -208,7 +146,7 @@ def _encode_windows(windows: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def count_ngrams_numba(ids: np.ndarray, n: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Count the n-grams of an id array with a numba-compiled hash table (compiles on the first call).
+    """Count the n-grams of an id array: pack, sort, count runs (compiles on the first call).
 
     Returns (ngrams, counts): ngrams is an int64 array [m, n] of the distinct n-grams sorted
     lexicographically, counts an int64 array [m]. `ngram_arrays_to_counter` turns it into the Counter

@@ -1,23 +1,39 @@
 """Wall-clock timing for notebooks and benchmark scripts (never for tests: tests check correctness)."""
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
 
-def best_of(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
-    """Best wall-clock seconds of `repeat` calls of fn() after `warmup` untimed calls (compilation, caches).
-
-    The minimum, not the mean: other work on the machine only ever adds time, so the fastest run is the
-    closest to what the code itself costs.
-    """
-    if repeat < 1 or warmup < 0:
-        raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+def times_of(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of each of `repeat` calls of fn(), after `warmup` untimed calls (compilation, caches)."""
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1 \
+            or isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"need int repeat >= 1 and int warmup >= 0, got repeat={repeat!r}, warmup={warmup!r}")
     for _ in range(warmup):
         fn()
-    best = float("inf")
+    seconds = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def best_of(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Best wall-clock seconds of `repeat` calls of fn() after `warmup` untimed calls.
+
+    The minimum: on a quiet machine other work only ever adds time, so the fastest run is the closest to what
+    the code itself costs. On a machine shared with other busy programs, prefer `median_of`.
+    """
+    return min(times_of(fn, repeat, warmup))
+
+
+def median_of(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of `repeat` calls of fn() after `warmup` untimed calls.
+
+    On a shared machine a lucky minimum can come from a moment when the memory bus was idle; the median is the
+    typical cost, and a ratio of two medians taken in the same run (interleaved) is what the benchmarks report.
+    """
+    return statistics.median(times_of(fn, repeat, warmup))

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labkit.kvcache import DecodeStep, KVCache, cache_bytes, generate, matvec, token_times
+from labkit.attention import repeat_kv, scaled_dot_product_attention
+from labkit.kvcache import DecodeStep, KVCache, _attend, cache_bytes, generate, matvec, token_times
 from labkit.llama import Llama, LlamaConfig
 from labkit.models import load_smollm2
 from labkit.sampling import generate as generate_uncached
@@ -148,6 +149,20 @@ def test_decode_step_equals_llama_forward():
 
 
 @settings(max_examples=20, deadline=None)
+@given(batch=st.integers(1, 3), length=st.integers(1, 12), n_rep=st.sampled_from([1, 3]), seed=st.integers(0, 99))
+def test_attend_equals_grouped_query_attention(batch, length, n_rep, seed):
+    """The fast step's attention loop: one query per head against the first `length` cached positions, query
+    head h reading key/value head h // n_rep, equals repeat_kv + scaled_dot_product_attention."""
+    g = torch.Generator().manual_seed(seed)
+    H_kv, D = 2, 8
+    q = torch.randn(batch, H_kv * n_rep, 1, D, generator=g)
+    k, v = torch.randn(batch, H_kv, 16, D, generator=g), torch.randn(batch, H_kv, 16, D, generator=g)
+    expected = scaled_dot_product_attention(q, repeat_kv(k[:, :, :length], n_rep), repeat_kv(v[:, :, :length], n_rep))
+    got = _attend(q.reshape(batch, -1).numpy(), k.numpy(), v.numpy(), length, D)
+    torch.testing.assert_close(torch.from_numpy(got), expected.reshape(batch, -1), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
 @given(rows=st.integers(1, 4), n_out=st.integers(1, 40), n_in=st.integers(1, 40), seed=st.integers(0, 99))
 def test_matvec_equals_linear(rows, n_out, n_in, seed):
     g = torch.Generator().manual_seed(seed)
@@ -174,6 +189,12 @@ def test_generate_and_fast_path_errors():
         DecodeStep(model)(ids, KVCache(TINY, 1, 10))
     with pytest.raises(TypeError, match="labkit's Llama"):
         DecodeStep(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="float32 KVCache for a batch of 2"):
+        DecodeStep(model)(torch.zeros(2, dtype=torch.long), KVCache(TINY, 1, 10))
+    full = KVCache(TINY, 1, 3)
+    full.advance(3)
+    with pytest.raises(ValueError, match="holds 3 tokens and is full"):
+        DecodeStep(model)(torch.zeros(1, dtype=torch.long), full)
     with pytest.raises(ValueError, match=r"matvec needs float32 x \[B, 3\]"):
         matvec(torch.zeros(1, 4), torch.zeros(2, 3).numpy())
 

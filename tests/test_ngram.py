@@ -89,11 +89,14 @@ def test_numba_counts_equal_plain_counts_on_the_corpus(level, char_data, word_da
         assert ngram_arrays_to_counter(*count_ngrams_numba(train, n, len(vocab))) == count_ngrams(train, n)
 
 
-def test_numba_counts_grow_the_table():
-    # many distinct keys: the hash table has to double several times
-    ids = np.random.default_rng(1).integers(0, 1000, 200_000)
-    ngrams, counts = count_ngrams_numba(ids, 2, 1000)
+@pytest.mark.parametrize("vocab_size", [1000, 46_341])
+def test_numba_counts_with_32_and_64_bit_keys(vocab_size):
+    # many distinct keys; 1000**2 fits in 32 bits, 46_341**2 is the first square that does not (2**31 - 1 < it)
+    ids = np.random.default_rng(1).integers(0, vocab_size, 200_000)
+    ids[:2] = vocab_size - 1  # the largest key of all
+    ngrams, counts = count_ngrams_numba(ids, 2, vocab_size)
     assert ngram_arrays_to_counter(ngrams, counts) == count_ngrams(ids, 2)
+    assert ngrams[-1].tolist() == [vocab_size - 1, vocab_size - 1]
 
 
 def test_numba_counts_errors():
