@@ -1,6 +1,6 @@
 """Which CPU kernels compute the course's floats, and the settings that choose them.
 
-torch (ATen's own dispatch, MKL for matrix products, oneDNN), numpy and numba pick their kernels at run time
+torch (ATen's own dispatch, MKL for matrix products, oneDNN), numpy (OpenBLAS) and numba pick their kernels at run time
 from the CPU's instruction set. An AVX-512 machine sums a row in another order than an AVX2 one, so the last
 digits of a float differ between machines while every result is equally right.
 
@@ -37,13 +37,20 @@ SUPPORTED: dict[str, dict[str, tuple[str, ...]]] = {
     # numba compiles for the host; 'generic' is the portable baseline. Other LLVM CPU names are refused:
     # one newer than this CPU compiles code it cannot run.
     "NUMBA_CPU_NAME": {"host": (), "generic": ()},
+    # numpy's BLAS (OpenBLAS built for many cores, picked at run time): numpy's float matrix products.
+    # Prescott is the SSE3 kernel set every x86-64 CPU runs.
+    "OPENBLAS_CORETYPE": {"prescott": (), "nehalem": ("sse4_2",), "sandybridge": ("avx",),
+                          "haswell": ("avx2", "fma"), "zen": ("avx2", "fma"),
+                          "skylakex": ("avx512f", "avx512bw", "avx512vl", "avx512dq")},
 }
 
-# The portability run's setting: scalar ATen kernels, MKL's SSE2 branch, numba's generic target, one OpenMP
-# thread where a notebook leaves the count to torch. Every machine the course runs on has AVX2 or better, so
-# this path differs from each one's default path (tests/test_cpu.py checks that it changes the bits).
+# The portability run's setting: scalar ATen kernels, MKL's SSE2 branch, numba's generic target, numpy's
+# BLAS on its SSE3 kernels, one OpenMP thread where a notebook leaves the count to torch. Every machine the
+# course runs on has AVX2 or better, so this path differs from each one's default path (tests/test_cpu.py
+# checks that it changes the bits).
 PORTABLE: dict[str, str] = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
-                            "ONEDNN_MAX_CPU_ISA": "SSE41", "NUMBA_CPU_NAME": "generic", "OMP_NUM_THREADS": "1"}
+                            "ONEDNN_MAX_CPU_ISA": "SSE41", "NUMBA_CPU_NAME": "generic",
+                            "OPENBLAS_CORETYPE": "Prescott", "OMP_NUM_THREADS": "1"}
 
 
 class UnsupportedSetting(RuntimeError):
