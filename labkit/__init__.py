@@ -1,8 +1,10 @@
 """labkit: the code behind the course. One module per idea, in course order.
 
 Chapter 1  n-gram language models          corpus (the offline corpus), ngram, ngram_explorer, checks.ngram
-Chapter 2  tokenization, neural LMs        bpe (byte-level BPE + its explorer), mlp_lm, checks.bpe
-Chapter 3  attention and the transformer   attention, rope, transformer, checks.attention
+Chapter 2  tokenization, neural LMs        bpe (byte-level BPE + its explorer), mlp_lm, grokking (modular arithmetic,
+                                           weight decay), checks.bpe
+Chapter 3  attention and the transformer   attention, rope, transformer, long_context (position interpolation, YaRN,
+                                           LongRoPE, CoPE), checks.attention
 Chapter 4  SmolLM2-135M from scratch       llama, sampling (+ the next-token explorer), checks.llama
 Chapter 5  the KV-cache                    kvcache, streaming (attention sinks), paged (PagedAttention), checks.kvcache
 Chapter 6  MHA, MQA, GQA, MLA              gqa (head sharing, MQA conversion), mla (low-rank latent cache), checks.gqa
@@ -10,7 +12,7 @@ Chapter 7  FlashAttention                  flash (tiled attention, online softma
 Chapter 8  GPU programming, Triton         gpu_sim (numba CUDA simulator), kernels.backend, kernels.basics,
                                            kernels.flash (FlashAttention-2 in Triton), checks.kernels
 Shared     the real models, offline        models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
-           small helpers                   scoring (log P of text), timing (best-of wall clock), viz (HTML bars)
+           small helpers                   scoring (log P of text), timing (best-of and median wall clock), viz (HTML bars)
            the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book,
                                            course.cpu (which CPU kernels compute the floats)
 
