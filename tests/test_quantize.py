@@ -49,8 +49,8 @@ def test_matches_torch_ao_per_tensor(symmetric):
     w = weight()
     q = quantize(w, 8, "tensor", symmetric=symmetric)
     low, high = code_range(8, symmetric)
-    obs = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine,
-                         quant_min=low, quant_max=high)
+    scheme = torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine
+    obs = MinMaxObserver(dtype=torch.qint8, qscheme=scheme, quant_min=low, quant_max=high)
     obs(w)
     ref_scale, ref_zero = obs.calculate_qparams()
     assert q.scale.shape == () and torch.equal(q.scale.reshape(1), ref_scale)

@@ -66,7 +66,7 @@ class Quantized:
 
 
 def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
-    """The smallest and largest code: [-(2^(b-1) - 1), 2^(b-1) - 1] for absmax, [-2^(b-1), 2^(b-1) - 1] for zero-point."""
+    """The smallest and largest code: [-(2^(b-1) - 1), 2^(b-1) - 1] for absmax, [-2^(b-1), 2^(b-1) - 1] else."""
     top = 2 ** (bits - 1) - 1
     return (-top if symmetric else -top - 1), top
 
