@@ -4,4 +4,6 @@
     qlora          LoRA on a frozen int4 base: the memory of weights and optimizer state (Dettmers et al. 2023)
     prompt_tuning  soft prompts (Lester et al. 2021) and per-layer key/value prefixes (Li & Liang 2021)
     lofit          LoFiT: offsets and scalings on a few attention heads only (Yin et al. 2024)
+    dpo            direct preference optimisation: the loss on preference pairs, a LoRA policy and its frozen
+                   reference (Rafailov et al. 2023)
 """
