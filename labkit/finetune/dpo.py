@@ -407,3 +407,66 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the chapter's experiment
+
+def lora_policy(model: nn.Module, seed: int = 0, r: int = 8, alpha: float = 16) -> nn.Module:
+    """Add LoRA (queries and values, the paper's default) to `model` in place, with seeded initial A."""
+    from .lora import add_lora
+
+    torch.manual_seed(seed)
+    add_lora(model, ("q_proj", "v_proj"), r=r, alpha=alpha)
+    return model
+
+
+@torch.no_grad()
+def greedy_answers(model: nn.Module, tokenizer, records: Sequence[Mapping[str, str]],
+                   max_new_tokens: int = 16) -> list[str]:
+    """Each record's question answered greedily (labkit's KV-cache decoder), as text up to the end of turn.
+    Prompts of equal length share a batch: labkit's Llama has no padding mask, and none is then needed."""
+    from ..kvcache import generate
+
+    end = tokenizer.convert_tokens_to_ids(END)
+    prompts = [tokenizer(chat_prompt(r["instruction"], r.get("input", "")))["input_ids"] for r in records]
+    out: list[str] = [""] * len(prompts)
+    for length in sorted(set(map(len, prompts))):
+        index = [i for i, p in enumerate(prompts) if len(p) == length]
+        ids = generate(model, torch.tensor([prompts[i] for i in index]), max_new_tokens, eos_id=end)[:, length:]
+        for i, row in zip(index, ids.tolist()):
+            out[i] = tokenizer.decode(row[:row.index(end)] if end in row else row)
+    return out
+
+
+def dpo_run(config: DPOConfig = DPOConfig(steps=32, lr=1e-3)) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Chapter 9's saved run '09-dpo': LoRA-DPO on SmolLM2 with the JSON-vs-prose pairs. Measures the held-out
+    pairs' log-probs under the reference and the tuned model, and both models' greedy answers to the held-out
+    questions. One thread, as the notebook. Returns (record, the adapter's tensors under 'lora.')."""
+    from ..llama import Llama
+    from ..models import load_smollm2
+    from .lora import adapters_disabled, lora_state_dict
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = lora_policy(Llama.from_pretrained(), seed=config.seed)
+        tokenizer, _ = load_smollm2()
+        data = json_preference_records()
+        enc = {s: (encode_records(tokenizer, data[s], "chosen"), encode_records(tokenizer, data[s], "rejected"))
+               for s in data}
+        with adapters_disabled(model):
+            ref = {s: all_pair_logprobs(model, *enc[s]) for s in data}
+            ref_answers = greedy_answers(model, tokenizer, data["heldout"])
+        history = train_dpo(model, *enc["train"], config, ref_logps=ref["train"], progress=True)
+        tuned = {s: all_pair_logprobs(model, *enc[s]) for s in data}
+        tuned_answers = greedy_answers(model, tokenizer, data["heldout"])
+    finally:
+        torch.set_num_threads(threads)
+    record = {"torch_threads": 1, "config": asdict(config), "lora": {"targets": ["q_proj", "v_proj"], "r": 8,
+                                                                     "alpha": 16},
+              "pairs": {s: len(data[s]) for s in data}, "history": history,
+              "logps": {f"{model_name}_{s}_{w}": t[j].tolist() for model_name, d in (("ref", ref), ("tuned", tuned))
+                        for s, t in d.items() for j, w in enumerate(("chosen", "rejected"))},
+              "answers": {"ref": ref_answers, "tuned": tuned_answers}}
+    return record, {f"lora.{k}": v for k, v in lora_state_dict(model).items()}
