@@ -6,4 +6,5 @@
     lofit          LoFiT: offsets and scalings on a few attention heads only (Yin et al. 2024)
     dpo            direct preference optimisation: the loss on preference pairs, a LoRA policy and its frozen
                    reference (Rafailov et al. 2023)
+    reward         a Bradley-Terry reward model on a frozen body, and rejection sampling (best-of-n) with it
 """
