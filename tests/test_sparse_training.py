@@ -108,6 +108,12 @@ def test_keep_schedule_is_a_ladder_to_dense():
     assert keeps == [0.25] * 6 + [0.5] * 2 + [0.75] * 2 + [1.0] * 2
 
 
+def test_timing_helpers_time_every_mode():  # what they return, not how fast: timings are never tested
+    batch = torch.randint(0, 11, (2, 9), generator=torch.Generator().manual_seed(0))
+    for seconds in (st.train_step_seconds(tiny_gpt, batch, 0.5, repeats=2), st.ffn_step_seconds(8, 16, 4, 0.5, 2)):
+        assert set(seconds) == set(st.MODES) and all(s > 0 for s in seconds.values())
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match=r"keep must be a number in \(0, 1\]"):
         st.SparseSwiGLU(swiglu(), "topk", keep=0.0)

@@ -22,7 +22,8 @@ for the first part of training, then rungs back up to the dense layer, so the tr
     sparsify_ffn        a TinyGPT with every feed-forward layer made sparse (shared weights)
     keep_schedule       the share of channels kept at each step
     train_sparse        chapter 3's training loop (same optimizer, batches, seeds) with the schedule, timed
-    ffn_step_seconds    one forward + backward of a lone feed-forward layer per mode: a ratio, not a test
+    train_step_seconds  one training step per mode, timed in turns: ratios on one machine, never a test
+    ffn_step_seconds    one forward + backward of a lone feed-forward layer per mode, the same way
 """
 from __future__ import annotations
 
@@ -188,25 +189,54 @@ def train_sparse(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConf
     return history
 
 
+def _interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each callable, timed in turns (a, b, c, a, b, c, ...) after one untimed call each:
+    on a machine shared with other work a slow moment then falls on every variant alike."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def ffn_step_seconds(dim: int, hidden: int, tokens: int, keep: float, repeats: int = 20,
                      seed: int = 0) -> dict[str, float]:
     """Median seconds of one forward + backward of a lone SwiGLU [dim -> hidden -> dim] on `tokens` tokens, in
-    each mode at the same `keep`. Timings: read them as ratios on one machine, never as a test."""
-    from ..timing import median_of
-
+    each mode at the same `keep`, timed in turns. Timings: read them as ratios on one machine, never as a test."""
     torch.manual_seed(seed)
     base = SwiGLU(dim, hidden)
     x = torch.randn(tokens, dim)
-    out = {}
-    for mode in MODES:
-        layer = SparseSwiGLU(base, mode, keep).train()
 
-        def step():
+    def step(layer: SparseSwiGLU) -> Callable[[], None]:
+        def run() -> None:
             layer.zero_grad(set_to_none=True)
             layer(x).sum().backward()
+        return run
 
-        out[mode] = median_of(step, repeats)
-    return out
+    return _interleaved_medians({mode: step(SparseSwiGLU(base, mode, keep).train()) for mode in MODES}, repeats)
+
+
+def train_step_seconds(make_model: Callable[[], TinyGPT], batch: Tensor, keep: float, repeats: int = 30
+                       ) -> dict[str, float]:
+    """Median seconds of one whole training step (forward, backward, AdamW) of the model `make_model()` builds,
+    with each mode's feed-forward layers at `keep`, on the same batch [B, T + 1], timed in turns."""
+    def step(mode: str) -> Callable[[], None]:
+        model = sparsify_ffn(make_model(), mode, keep).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+
+        def run() -> None:
+            logits = model(batch[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return run
+
+    return _interleaved_medians({mode: step(mode) for mode in MODES}, repeats)
 
 
 def chapter9_sparse_training_run(keep: float = 0.25, steps: int = 900, seed: int = 0
@@ -216,9 +246,9 @@ def chapter9_sparse_training_run(keep: float = 0.25, steps: int = 900, seed: int
     hidden units (the channels on the ladder schedule, dense for its last half); each one's time per step and
     held-out perplexity on the same characters as chapter 3. Then the lone layer's forward + backward at this
     model's size and at SmolLM2's, and a matmul with 1 - keep zeros against one without. One thread.
-    Returns (record, {}): losses, seconds and keep share of every step per mode, and the medians."""
+    Returns (record, {}): each mode's losses and keep share per step and held-out perplexity; the median
+    seconds of a training step per mode and of the lone layer, timed in turns apart from the runs."""
     from ..corpus import Vocab, char_tokens, load_corpus
-    from ..timing import median_of
     from ..transformer import GPTConfig, token_log_probs
 
     threads = torch.get_num_threads()
@@ -237,21 +267,27 @@ def chapter9_sparse_training_run(keep: float = 0.25, steps: int = 900, seed: int
             gpt = sparsify_ffn(TinyGPT(GPTConfig(vocab_size=len(vocab), **gpt_config)), mode, keep)
             history = train_sparse(gpt, train_ids, cfg, schedule, progress=True)
             logp = token_log_probs(gpt, heldout_ids, stride=16)[gpt_config["context"] - 1:]
-            sparse_steps = [s for s, k in zip(history["seconds"][10:], history["keep"][10:]) if k == keep]
             runs[mode] = {"loss": history["loss"], "keep": history["keep"],
-                          "seconds": [round(s, 5) for s in history["seconds"]],
-                          "median_step_seconds": float(np.median(sparse_steps)),
-                          "total_seconds": round(sum(history["seconds"]), 1),
+                          "train_seconds": round(sum(history["seconds"]), 1),
                           "heldout_ppl": float(np.exp(-logp.mean()))}
+
+        # time per step, apart from the runs and in turns (the runs ran one after another on a shared machine)
+        def make_model() -> TinyGPT:
+            torch.manual_seed(seed)
+            return TinyGPT(GPTConfig(vocab_size=len(vocab), **gpt_config))
+
+        batch = torch.from_numpy(np.asarray(train_ids[: cfg.batch_size * (gpt_config["context"] + 1)], dtype=np.int64))
+        step_seconds = train_step_seconds(make_model, batch.reshape(cfg.batch_size, -1), keep)
         layer = {f"{dim}x{hidden}": ffn_step_seconds(dim, hidden, 1024, keep)
                  for dim, hidden in ((96, 256), (576, 1536))}
         torch.manual_seed(seed)
         h, w = torch.randn(1024, 1536), torch.randn(576, 1536)
-        h_sparse = h * topk_mask(h, round(keep * 1536))
-        matmul = {"dense": median_of(lambda: h @ w.T, 20), "zeros": median_of(lambda: h_sparse @ w.T, 20)}
+        h_sparse = h * topk_mask(h, round(keep * 1536))  # 3 of every 4 entries zero
+        matmul = _interleaved_medians({"dense": lambda: h @ w.T, "zeros": lambda: h_sparse @ w.T}, 20)
     finally:
         torch.set_num_threads(threads)
     record = {"seed": seed, "torch_threads": 1, "keep": keep, "gpt_config": gpt_config, "train_config": vars(cfg),
-              "runs": runs, "ffn_step_seconds": layer, "matmul_seconds_1024x1536x576": matmul,
+              "runs": runs, "train_step_seconds": step_seconds, "ffn_step_seconds": layer,
+              "matmul_seconds_1024x1536x576": matmul,
               "heldout_tokens_scored": int(len(heldout_ids) - gpt_config["context"])}
     return record, {}
