@@ -260,7 +260,10 @@ def train_student(model: TinyGPT, windows: Tensor, cfg: TrainConfig, alpha: floa
 # chapter 9's saved run
 
 DISTILL_STUDENT = dict(context=64, d_model=64, n_layers=2, n_heads=4)
-DISTILL_TRAIN = dict(steps=300, batch_size=8, lr=3e-3, warmup=30, seed=0)
+DISTILL_TRAIN = dict(steps=150, batch_size=8, lr=1e-3, warmup=20, seed=0)
+# the students of the run: (name, alpha, temperature); alpha = 0 is the hard-label baseline
+DISTILL_STUDENTS = (("hard", 0.0, 1.0), ("soft-T1", 1.0, 1.0), ("soft-T2", 1.0, 2.0))
+SAVED_STUDENTS = ("hard", "soft-T1")  # the weights kept in the saved run (the tied head is the embedding)
 
 
 def distill_data(n_train: int = 128, n_eval: int = 32, context: int = 64):
@@ -284,15 +287,16 @@ def distill_data(n_train: int = 128, n_eval: int = 32, context: int = 64):
     return tokenizer, vocab, vocab.encode(train), vocab.encode(heldout), train, heldout
 
 
-def distill_run(temperature: float = 2.0, k: int = 32, n_train: int = 128, n_eval: int = 32,
-                eval_every: int = 25) -> tuple[dict, dict[str, Tensor]]:
+def distill_run(k: int = 32, n_train: int = 96, n_eval: int = 24, eval_every: int = 15
+                ) -> tuple[dict, dict[str, Tensor]]:
     """Chapter 9's saved run: SmolLM2-135M teaches a tiny GPT (`DISTILL_STUDENT`) on n_train windows.
 
     The teacher runs once over the training windows (top-k cache) and over the held-out windows (its own
-    perplexity, the ceiling). Two students from the same initial weights, the same batches and steps: one on the
-    corpus tokens (alpha = 0), one on the teacher's soft targets at `temperature` (alpha = 1). Both are scored on
-    the same held-out windows. One thread, as the notebook. Returns (record, tensors): per-window held-out
-    losses, training and held-out curves; the two students' weights and the teacher's top-k cache."""
+    perplexity, the ceiling). Three students (`DISTILL_STUDENTS`) from the same initial weights, the same batches
+    and steps: one on the corpus tokens (alpha = 0), two on the teacher's soft targets only (alpha = 1) at
+    temperatures 1 and 2. All are scored on the same held-out windows. One thread, as the notebook.
+    Returns (record, tensors): per-window held-out losses, training and held-out curves; the weights of
+    `SAVED_STUDENTS` (without lm_head.weight, which is embed_tokens.weight) and the teacher's top-k cache."""
     from tqdm.auto import tqdm
 
     from ..llama import Llama
@@ -312,7 +316,7 @@ def distill_run(temperature: float = 2.0, k: int = 32, n_train: int = 128, n_eva
         del teacher
         cfg = TrainConfig(**DISTILL_TRAIN)
         students, histories, seconds = {}, {}, {}
-        for name, alpha in tqdm((("hard", 0.0), ("soft", 1.0)), desc="students"):
+        for name, alpha, temperature in tqdm(DISTILL_STUDENTS, desc="students"):
             torch.manual_seed(cfg.seed)
             model = TinyGPT(GPTConfig(vocab_size=len(vocab), **DISTILL_STUDENT))
             start = time.perf_counter()
@@ -324,8 +328,8 @@ def distill_run(temperature: float = 2.0, k: int = 32, n_train: int = 128, n_eva
     finally:
         torch.set_num_threads(threads)
     top_mass = float(values.double().exp().sum(-1).mean())
-    record = {"seed": cfg.seed, "torch_threads": 1, "temperature": temperature, "k": k, "n_train": n_train,
-              "n_eval": n_eval, "student_config": DISTILL_STUDENT, "train_config": vars(cfg),
+    record = {"seed": cfg.seed, "torch_threads": 1, "students": [list(s) for s in DISTILL_STUDENTS], "k": k,
+              "n_train": n_train, "n_eval": n_eval, "student_config": DISTILL_STUDENT, "train_config": vars(cfg),
               "compact_vocab": len(vocab), "full_vocab": vocab.full_size, "topk_mass": top_mass,
               "teacher_seconds": round(teacher_seconds, 1), "student_seconds": seconds,
               "student_parameters": students["hard"].num_parameters(),
@@ -334,6 +338,7 @@ def distill_run(temperature: float = 2.0, k: int = 32, n_train: int = 128, n_eva
               "train_loss": {name: h["loss"] for name, h in histories.items()},
               "eval_step": histories["hard"]["eval_step"],
               "eval_loss": {name: h["eval_loss"] for name, h in histories.items()}}
-    tensors = {**{f"{name}.{key}": v for name, m in students.items() for key, v in m.state_dict().items()},
+    tensors = {**{f"{name}.{key}": v for name in SAVED_STUDENTS for key, v in students[name].state_dict().items()
+                  if key != "lm_head.weight"},
                "topk.values": values.half(), "topk.ids": ids.to(torch.int16)}
     return record, tensors

@@ -111,6 +111,18 @@ def _long_context() -> tuple[dict, dict[str, torch.Tensor]]:
     return run()
 
 
+def _distill() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.compress.distill import distill_run
+
+    return distill_run()
+
+
+def _moe() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.compress.moe import moe_run
+
+    return moe_run()
+
+
 RUNS: dict[str, Callable[[], tuple[dict, dict[str, torch.Tensor]]]] = {"02-grokking": _grokking,
                                                                        "03-tiny-gpt": _tiny_gpt,
                                                                        "03-long-context": _long_context,
@@ -125,3 +137,9 @@ MEASURES: dict[str, tuple[str, ...]] = {
     # four variants and asserts the saved losses: other chapters' edits there need no re-run unless they change them
     "06-kv-heads": ("labkit/mla.py", "labkit/gqa.py"),
 }
+RUNS["09-distill"] = _distill
+RUNS["09-moe"] = _moe
+# the teacher (labkit.llama) and the tiny GPT (labkit.transformer) under them are checked by the notebook's live
+# slices, which re-run the first steps and re-score the saved weights against the record
+MEASURES["09-distill"] = ("labkit/compress/distill.py",)
+MEASURES["09-moe"] = ("labkit/compress/moe.py",)
