@@ -1,6 +1,7 @@
 """Compressing models (chapter 9): making SmolLM2 smaller while measuring what that costs.
 
     quantize      integer quantization of weights: absmax and zero-point, per tensor, per channel, per group
+    int8_decode   weight-only int8 decoding: chapter 5's fast decode step reading int8 codes + row scales
     gguf_blocks   GGUF's Q4_1 and Q8_0 block formats, decoded and encoded from scratch (the shipped weights)
     awq           activation-aware weight scaling before int4 quantization (Lin et al. 2023)
     gptq          error-compensated int4 quantization, column by column (Frantar et al. 2022)
