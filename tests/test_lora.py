@@ -232,12 +232,12 @@ def test_bad_input():
         LoRALinear(lin, r=2, alpha=0)
     with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\)"):
         LoRALinear(lin, r=2, alpha=2, dropout=1.0)
-    with pytest.raises(TypeError, match="LoRALinear wraps a Linear, got Embedding"):
+    with pytest.raises(TypeError, match="LoRALinear wraps a layer of type Linear, got Embedding"):
         LoRALinear(nn.Embedding(5, 4), r=2, alpha=2)
     model = random_llama(SMALL)
     with pytest.raises(ValueError, match=r"target\(s\) \['qproj'\] match no module.*'q_proj'"):
         add_lora(model, ("qproj",))
-    with pytest.raises(TypeError, match="wraps a Linear, got RMSNorm"):
+    with pytest.raises(TypeError, match="wraps a layer of type Linear, got RMSNorm"):
         add_lora(model, ("input_layernorm",))
     with pytest.raises(TypeError, match="non-empty sequence of module names"):
         add_lora(model, "q_proj")

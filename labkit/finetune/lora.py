@@ -41,7 +41,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base, self.base_types):
             expected = " or ".join(t.__name__ for t in self.base_types)
-            raise TypeError(f"{type(self).__name__} wraps a {expected}, got {type(base).__name__}")
+            raise TypeError(f"{type(self).__name__} wraps a layer of type {expected}, got {type(base).__name__}")
         d_in, d_out = base.in_features, base.out_features
         if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= min(d_in, d_out):
             raise ValueError(f"rank r must be an int in [1, min(in, out)] = [1, {min(d_in, d_out)}] for this "
@@ -110,10 +110,11 @@ def _matches(name: str, target: str) -> bool:
 
 
 def wrap_modules(model: nn.Module, targets: Sequence[str], make: Callable[[nn.Module], nn.Module],
-                 kind: str = "LoRA") -> list[str]:
+                 kind: str = "LoRA", rewrap: bool = False) -> list[str]:
     """Replace every module of `model` whose name matches a target by `make(module)`; return the names.
 
-    Shared by `add_lora` and QLoRA. Refuses a target that matches nothing (a typo would otherwise train nothing)."""
+    Shared by `add_lora` and QLoRA. Refuses a target that matches nothing (a typo would otherwise train nothing),
+    and one that already has an adapter unless `rewrap` (replacing adapters, e.g. by their merged weights)."""
     if isinstance(targets, str) or not isinstance(targets, Sequence) or not targets \
             or not all(isinstance(t, str) and t for t in targets):
         raise TypeError(f"targets must be a non-empty sequence of module names, e.g. ('q_proj', 'v_proj'), "
@@ -125,7 +126,7 @@ def wrap_modules(model: nn.Module, targets: Sequence[str], make: Callable[[nn.Mo
         raise ValueError(f"{kind} target(s) {unmatched} match no module of the model; its linear layers are "
                          f"named {linears}")
     for name, module in found:
-        if isinstance(module, LoRALinear):
+        if isinstance(module, LoRALinear) and not rewrap:
             raise ValueError(f"{name} already has a LoRA adapter")
     # build every wrapper before installing any: a bad target (make raises) leaves the model untouched
     wrappers = [(name, make(module)) for name, module in found]
