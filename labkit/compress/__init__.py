@@ -6,6 +6,7 @@
     awq           activation-aware weight scaling before int4 quantization (Lin et al. 2023)
     gptq          error-compensated int4 quantization, column by column (Frantar et al. 2022)
     evaluate      perplexity and KL divergence to the fp32 model on the same held-out windows
+    quant_sweep   the chapter's saved quantization run: eight quantized SmolLM2s scored, AWQ and GPTQ per layer
     distill       a tiny student trained on SmolLM2's soft targets (KL at temperature T) vs on the corpus tokens
     moe           a top-k gated mixture-of-experts feed-forward layer and its load-balancing loss
     prune         magnitude and Wanda (activation-aware) pruning, unstructured and N:M (2:4) (Sun et al. 2023)

@@ -23,15 +23,27 @@ at 16 bits (GGUF stores them in fp16; here they are kept in float32 for simplici
 would change a dequantized weight by at most 2^-11 of itself).
 
     quantize          a float tensor -> Quantized (codes, scale, zero, bits, group_size)
+    round_to_codes    the codes of w for a scale and zero already chosen (what GPTQ needs column by column)
     Quantized         .dequantize() -> float32 weights, .nbytes() -> storage in bytes
     relative_error    ||w - w_hat|| / ||w||, the reconstruction error the chapter plots against group size
+
+On a whole model (a `labkit.llama.Llama`, or any module whose matrices live under `layers.`):
+
+    block_linears     the matrices of the transformer blocks, by name: what the chapter quantizes
+    with_weights      a copy of the model with some of those matrices replaced (the rest shared, not copied)
+    quantize_model    every block matrix quantized and dequantized back ("fake quantization"): the copy to score,
+                      and the bytes the quantized matrices would take
+    linear_inputs     what each block matrix reads on some tokens (calibration data for AWQ and GPTQ)
 """
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 BITS = (2, 3, 4, 5, 6, 7, 8)
 GRANULARITIES = ("tensor", "channel", "group")
@@ -125,13 +137,23 @@ def quantize(w: torch.Tensor, bits: int = 8, granularity: str = "channel", group
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if not symmetric:
         zero = low - torch.round(lo / scale)                    # the code of 0.0, within [low, high]
-    q = torch.round(blocks / scale.unsqueeze(-1))
-    if zero is not None:
-        q = q + zero.unsqueeze(-1)
-    codes = q.clamp(low, high).to(torch.int8).reshape(w.shape)
+    codes = round_to_codes(blocks, scale.unsqueeze(-1), None if zero is None else zero.unsqueeze(-1), bits)
+    codes = codes.reshape(w.shape)
     if granularity == "tensor":
         scale, zero = scale.reshape(()), None if zero is None else zero.reshape(())
     return Quantized(codes, scale, zero, bits, group_size if granularity == "group" else None)
+
+
+def round_to_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int) -> torch.Tensor:
+    """The int8 codes of w for a given scale (and zero, broadcast against w): clamp(round(w / scale) + zero).
+
+    `quantize` chooses scale and zero from the weights and then calls this; GPTQ (`labkit.compress.gptq`)
+    calls it column by column with the scales of a group chosen beforehand."""
+    low, high = code_range(bits, zero is None)
+    q = torch.round(w / scale)
+    if zero is not None:
+        q = q + zero
+    return q.clamp(low, high).to(torch.int8)
 
 
 def relative_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
@@ -143,3 +165,83 @@ def relative_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     if norm == 0:
         raise ValueError("w is all zeros: a relative error is undefined")
     return float((w - w_hat).norm() / norm)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# whole models
+
+def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The matrices of the transformer blocks (q, k, v, o, gate, up, down of every layer for a Llama) by module
+    name, in order. The embedding (SmolLM2 ties it to the output head) and the norms are not among them."""
+    out = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("layers.")}
+    if not out:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear under 'layers.': expected a labkit Llama")
+    return out
+
+
+def with_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of `model` whose matrices named in `weights` hold those tensors. Every other parameter is shared
+    with `model` rather than copied (the embedding alone is 113 MB in SmolLM2): do not train the copy."""
+    linears = block_linears(model)
+    for name, w in weights.items():
+        if name not in linears:
+            raise KeyError(f"{name!r} is not a block matrix of the model (e.g. {next(iter(linears))!r})")
+        if w.shape != linears[name].weight.shape:
+            raise ValueError(f"{name}: weight shape {tuple(w.shape)}, expected {tuple(linears[name].weight.shape)}")
+    memo = {id(p): p for p in model.parameters()}   # deepcopy then reuses each parameter instead of copying it
+    new = copy.deepcopy(model, memo)
+    for name, w in weights.items():
+        new.get_submodule(name).weight = nn.Parameter(w.to(torch.float32), requires_grad=False)
+    return new
+
+
+def quantize_model(model: nn.Module, bits: int = 8, granularity: str = "channel", group_size: int | None = None,
+                   symmetric: bool = True) -> tuple[nn.Module, int]:
+    """(a copy of model with every block matrix replaced by its quantized-then-dequantized self, the bytes of
+    those matrices quantized). Computing in float32 with rounded weights scores exactly what an integer kernel
+    computes up to float rounding; only speed and memory differ."""
+    weights, nbytes = {}, 0
+    for name, linear in block_linears(model).items():
+        q = quantize(linear.weight, bits, granularity, group_size, symmetric)
+        weights[name], nbytes = q.dequantize(), nbytes + q.nbytes()
+    return with_weights(model, weights), nbytes
+
+
+@torch.no_grad()
+def linear_inputs(model: nn.Module, windows: torch.Tensor, names: Sequence[str] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """The inputs [tokens, in] (float32) that each block matrix (or those in `names`) reads while the model
+    reads `windows` [B, T]: every position of every window, flattened. Matrices reading the same input
+    (q, k, v; gate, up) each get a reference to one tensor."""
+    linears = block_linears(model)
+    names = list(linears) if names is None else list(names)
+    missing = [n for n in names if n not in linears]
+    if missing:
+        raise KeyError(f"not block matrices of the model: {missing[:3]}")
+    # id of an input tensor -> (the tensor, kept alive so that its id is not reused; its flattened copy)
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name):
+        def keep(_module, args):
+            x = args[0]
+            if id(x) not in seen:
+                seen[id(x)] = (x, x.detach().reshape(-1, x.shape[-1]).float().clone())
+            out.setdefault(name, []).append(seen[id(x)][1])
+        return keep
+
+    handles = [linears[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        for i in range(windows.shape[0]):        # one window at a time: the cost of the forward stays small
+            seen.clear()
+            model(windows[i:i + 1])
+    finally:
+        for h in handles:
+            h.remove()
+    # one tensor per shared input: matrices that read the same activations share the concatenation
+    merged: dict[tuple[int, ...], torch.Tensor] = {}
+    for xs in out.values():
+        key = tuple(id(t) for t in xs)
+        if key not in merged:
+            merged[key] = torch.cat(xs)
+    return {n: merged[tuple(id(t) for t in xs)] for n, xs in out.items()}

@@ -143,3 +143,16 @@ RUNS["09-moe"] = _moe
 # slices, which re-run the first steps and re-score the saved weights against the record
 MEASURES["09-distill"] = ("labkit/compress/distill.py",)
 MEASURES["09-moe"] = ("labkit/compress/moe.py",)
+
+
+def _quantization() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.compress.quant_sweep import run
+
+    return run()
+
+
+RUNS["09-quantization"] = _quantization
+# SmolLM2 (labkit.llama) under it is checked by the notebook's live slice (one variant re-scored on one window)
+MEASURES["09-quantization"] = ("labkit/compress/quant_sweep.py", "labkit/compress/quantize.py",
+                               "labkit/compress/awq.py", "labkit/compress/gptq.py", "labkit/compress/evaluate.py",
+                               "labkit/compress/gguf_blocks.py")
