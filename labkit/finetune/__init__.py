@@ -8,4 +8,8 @@
     dpo            direct preference optimisation: the loss on preference pairs, a LoRA policy and its frozen
                    reference (Rafailov et al. 2023)
     reward         a Bradley-Terry reward model on a frozen body, and rejection sampling (best-of-n) with it
+    chat_formats   Alpaca and ShareGPT records -> chat messages, with errors naming the bad record and field
+    tool_data      seven tool schemas, a minimal JSON Schema validator, the seeded tool-call data set and its split
+    sft            supervised fine-tuning for tool calls: chat-template rendering, the assistant-only loss mask,
+                   LoRA training with a shared prefix, greedy evaluation, the saved adapter (load_tool_adapter)
 """
