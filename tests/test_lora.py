@@ -224,7 +224,9 @@ def test_bad_input():
     lin = nn.Linear(6, 4)
     with pytest.raises(ValueError, match=r"rank r must be an int in \[1, min\(in, out\)\] = \[1, 4\].*got 5"):
         LoRALinear(lin, r=5, alpha=8)
-    with pytest.raises(ValueError, match="got 0"):
+    with pytest.raises(ValueError, match=r"got 5 \(B A cannot have a rank above min\(in, out\)\)"):
+        LoRALinear(lin, r=5, alpha=8)
+    with pytest.raises(ValueError, match=r"got 0 \(the update needs at least one dimension\)"):
         LoRALinear(lin, r=0, alpha=8)
     with pytest.raises(ValueError, match="got -2"):
         LoRALinear(lin, r=-2, alpha=8)

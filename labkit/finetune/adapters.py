@@ -245,7 +245,7 @@ def adapters_run(steps: int = 30, batch_size: int = 8, seed: int = 0) -> tuple[d
                         "n_train": len(train_set), "n_test": len(test_set), "methods": {}, "before": {}}
         base = Llama.from_pretrained()
         init = torch.tensor(tok(INIT_TEXT, add_special_tokens=False).input_ids)
-        for label, model in (("plain prompt", base), ("after the init text", SoftPrompt(base, init))):
+        for label, model in (("plain prompt", base), ("reading the instruction", SoftPrompt(base, init))):
             scores = label_log_probs(model, test_set, label_ids)
             record["before"][label] = {"correct": accuracy(scores, test_set),
                                        "predictions": scores.argmax(dim=1).tolist()}

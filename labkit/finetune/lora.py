@@ -44,8 +44,10 @@ class LoRALinear(nn.Module):
             raise TypeError(f"{type(self).__name__} wraps a layer of type {expected}, got {type(base).__name__}")
         d_in, d_out = base.in_features, base.out_features
         if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= min(d_in, d_out):
+            why = (" (B A cannot have a rank above min(in, out))" if isinstance(r, int) and r > 1
+                   else " (the update needs at least one dimension)")
             raise ValueError(f"rank r must be an int in [1, min(in, out)] = [1, {min(d_in, d_out)}] for this "
-                             f"{d_in} -> {d_out} layer, got {r!r} (a larger rank would not be low-rank)")
+                             f"{d_in} -> {d_out} layer, got {r!r}{why}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
             raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
         if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
