@@ -302,3 +302,14 @@ def test_wilson_interval():
         dpo.wilson_interval(11, 10)
     with pytest.raises(ValueError, match="n must be an int >= 1"):
         dpo.wilson_interval(0, 0)
+
+
+def test_nll_term_keeps_the_chosen_answers_likely():
+    c, r = (dpo.encode_records(CharTokenizer(), RECS, w) for w in ("chosen", "rejected"))
+    cfg = dpo.DPOConfig(beta=1.0, lr=3e-2, batch_size=3, steps=8)
+    plain, with_nll = tiny_policy(), tiny_policy()
+    h0 = dpo.train_dpo(plain, c, r, cfg)
+    h1 = dpo.train_dpo(with_nll, c, r, dpo.DPOConfig(**{**cfg.__dict__, "nll_weight": 1.0}))
+    assert h1["loss"][0] == h0["loss"][0] == pytest.approx(math.log(2), abs=1e-6)  # history: DPO's loss alone
+    assert h1["loss"][1] != h0["loss"][1]                                           # but the step differed
+    assert dpo.all_pair_logprobs(with_nll, c, r)[0].mean() > dpo.all_pair_logprobs(plain, c, r)[0].mean()

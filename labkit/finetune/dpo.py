@@ -336,6 +336,7 @@ class DPOConfig:
     batch_size: int = 4       # pairs per step
     steps: int = 24
     seed: int = 0
+    nll_weight: float = 0.0   # > 0 adds that times the chosen answers' per-token NLL (Llama 3's DPO does, 0.2)
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -357,7 +358,11 @@ def train_dpo(model: nn.Module, chosen: Encoded, rejected: Encoded, config: DPOC
     The reference never changes, so its log-probs are computed once for every training pair (or passed in as
     `ref_logps`). Returns per-step lists: loss, the batch's mean chosen and rejected rewards, their margin,
     and accuracy (the share of the batch's pairs whose chosen reward exceeds the rejected one), each measured
-    before that step's update. stop_after=k runs only the first k steps (the notebook's live slice)."""
+    before that step's update. stop_after=k runs only the first k steps (the notebook's live slice).
+
+    With config.nll_weight > 0 the step's loss is dpo_loss + nll_weight * (the chosen answers' mean negative
+    log-likelihood per token), which keeps the chosen answers likely while the margin grows (Dubey et al. 2024,
+    the Llama 3 report, sec. 4.1.4); `loss` in the history is dpo_loss alone either way."""
     from .lora import adapters_disabled, lora_layers
 
     if not lora_layers(model):
@@ -384,8 +389,12 @@ def train_dpo(model: nn.Module, chosen: Encoded, rejected: Encoded, config: DPOC
         for index in batches:
             pc, pr = pair_logprobs(model, chosen, rejected, index, pad_id)
             loss, rc, rr = dpo_loss(pc, pr, ref_logps[0][index], ref_logps[1][index], config.beta)
+            total = loss
+            if config.nll_weight:
+                n_tokens = torch.tensor([len(chosen.ids[i]) - chosen.prompt_len[i] for i in index])
+                total = loss + config.nll_weight * (-pc / n_tokens).mean()
             opt.zero_grad()
-            loss.backward()
+            total.backward()
             opt.step()
             for key, value in (("loss", loss.item()), ("chosen_reward", rc.mean().item()),
                                ("rejected_reward", rr.mean().item()), ("margin", (rc - rr).mean().item()),
@@ -439,34 +448,42 @@ def greedy_answers(model: nn.Module, tokenizer, records: Sequence[Mapping[str, s
     return out
 
 
-def dpo_run(config: DPOConfig = DPOConfig(steps=32, lr=1e-3)) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Chapter 9's saved run '09-dpo': LoRA-DPO on SmolLM2 with the JSON-vs-prose pairs. Measures the held-out
-    pairs' log-probs under the reference and the tuned model, and both models' greedy answers to the held-out
-    questions. One thread, as the notebook. Returns (record, the adapter's tensors under 'lora.')."""
+VARIANTS = {"dpo": DPOConfig(steps=24, lr=1e-3), "dpo+nll": DPOConfig(steps=24, lr=1e-3, nll_weight=0.2)}
+
+
+def dpo_run(variants: Mapping[str, DPOConfig] = VARIANTS) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Chapter 9's saved run '09-dpo': LoRA-DPO on SmolLM2 with the JSON-vs-prose pairs, once per variant (the
+    same seed and LoRA start; by default DPO alone and DPO with Llama 3's NLL term). Measures the held-out
+    pairs' log-probs under the reference and each tuned model, and every model's greedy answers to the held-out
+    questions. One thread, as the notebook. Returns (record, each adapter's tensors under '<variant>.')."""
     from ..llama import Llama
     from ..models import load_smollm2
-    from .lora import adapters_disabled, lora_state_dict
+    from .lora import adapters_disabled, load_lora_state_dict, lora_state_dict
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = lora_policy(Llama.from_pretrained(), seed=config.seed)
+        model = lora_policy(Llama.from_pretrained(), seed=0)
+        start = lora_state_dict(model)  # every variant starts from these adapters (B = 0: the reference)
         tokenizer, _ = load_smollm2()
         data = json_preference_records()
         enc = {s: (encode_records(tokenizer, data[s], "chosen"), encode_records(tokenizer, data[s], "rejected"))
                for s in data}
         with adapters_disabled(model):
             ref = {s: all_pair_logprobs(model, *enc[s]) for s in data}
-            ref_answers = greedy_answers(model, tokenizer, data["heldout"])
-        history = train_dpo(model, *enc["train"], config, ref_logps=ref["train"], progress=True)
-        tuned = {s: all_pair_logprobs(model, *enc[s]) for s in data}
-        tuned_answers = greedy_answers(model, tokenizer, data["heldout"])
+            answers = {"ref": greedy_answers(model, tokenizer, data["heldout"])}
+        logps = {f"ref_{s}_{w}": t[j].tolist() for s, t in ref.items() for j, w in enumerate(("chosen", "rejected"))}
+        histories, tensors = {}, {}
+        for name, config in variants.items():
+            load_lora_state_dict(model, start)
+            histories[name] = train_dpo(model, *enc["train"], config, ref_logps=ref["train"], progress=True)
+            tuned = all_pair_logprobs(model, *enc["heldout"])
+            logps.update({f"{name}_heldout_{w}": tuned[j].tolist() for j, w in enumerate(("chosen", "rejected"))})
+            answers[name] = greedy_answers(model, tokenizer, data["heldout"])
+            tensors.update({f"{name}.{k}": v for k, v in lora_state_dict(model).items()})
     finally:
         torch.set_num_threads(threads)
-    record = {"torch_threads": 1, "config": asdict(config), "lora": {"targets": ["q_proj", "v_proj"], "r": 8,
-                                                                     "alpha": 16},
-              "pairs": {s: len(data[s]) for s in data}, "history": history,
-              "logps": {f"{model_name}_{s}_{w}": t[j].tolist() for model_name, d in (("ref", ref), ("tuned", tuned))
-                        for s, t in d.items() for j, w in enumerate(("chosen", "rejected"))},
-              "answers": {"ref": ref_answers, "tuned": tuned_answers}}
-    return record, {f"lora.{k}": v for k, v in lora_state_dict(model).items()}
+    record = {"torch_threads": 1, "configs": {k: asdict(v) for k, v in variants.items()},
+              "lora": {"targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16, "seed": 0},
+              "pairs": {s: len(data[s]) for s in data}, "history": histories, "logps": logps, "answers": answers}
+    return record, tensors
