@@ -6,9 +6,10 @@ The corpus says which token came next; a teacher (SmolLM2-135M) says how likely 
     p = softmax(v / T)   teacher        q = softmax(z / T)   student        (v, z: logits)
     loss = T^2 * KL(p || q) = T^2 * sum_i p_i (log p_i - log q_i)
 
-The gradient of KL(p || q) with respect to z_i is (q_i - p_i) / T, so softening alone would shrink the gradients
-by 1/T (and by 1/T^2 at high T, where T (q_i - p_i) -> (z_i - v_i) / N for zero-mean logits); the T^2 factor
-undoes that, so the soft loss keeps the same scale whatever T is and can be mixed with the hard loss:
+The gradient of KL(p || q) with respect to z_i is (q_i - p_i) / T, and at a high T, q_i - p_i ~ (z_i - v_i) / (N T)
+for zero-mean logits over N tokens: softening alone shrinks the gradients like 1/T^2. The T^2 factor undoes that
+(the gradient tends to (z_i - v_i) / N), so the soft loss keeps one scale whatever T is and can be mixed with the
+hard loss:
 
     loss = alpha * T^2 * KL(p || q) + (1 - alpha) * cross_entropy(z, corpus token)
 

@@ -17,7 +17,7 @@ it better, which makes the router favour it more. Switch and GShard add an auxil
                                      P_i: the mean router probability of expert i over the tokens
 
 f is a count (no gradient); P carries the gradient, pushing probability away from overloaded experts.
-When the routing is uniform (f_i = P_i = 1/E) it equals 1, its minimum for a given balanced f.
+When the routing is uniform (f_i = P_i = 1/E) it equals 1; when every token goes to one expert with certainty, E.
 
 A real system also gives each expert a fixed `capacity` = capacity_factor * N k / E slots per batch (so every
 device does the same work); assignments beyond it are dropped, and the token passes on through the residual.
