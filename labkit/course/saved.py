@@ -111,6 +111,18 @@ def _long_context() -> tuple[dict, dict[str, torch.Tensor]]:
     return run()
 
 
+def _pruning() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.compress.prune import chapter9_pruning_run
+
+    return chapter9_pruning_run()
+
+
+def _sparse_training() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.compress.sparse_training import chapter9_sparse_training_run
+
+    return chapter9_sparse_training_run()
+
+
 def _distill() -> tuple[dict, dict[str, torch.Tensor]]:
     from labkit.compress.distill import distill_run
 
@@ -127,6 +139,8 @@ RUNS: dict[str, Callable[[], tuple[dict, dict[str, torch.Tensor]]]] = {"02-grokk
                                                                        "03-tiny-gpt": _tiny_gpt,
                                                                        "03-long-context": _long_context,
                                                                        "06-kv-heads": _kv_heads}
+RUNS["09-pruning"] = _pruning
+RUNS["09-sparse-training"] = _sparse_training
 MEASURES: dict[str, tuple[str, ...]] = {
     "02-grokking": ("labkit/grokking.py",),
     "03-tiny-gpt": ("labkit/transformer.py", "labkit/attention.py", "labkit/rope.py", "labkit/mlp_lm.py",
@@ -137,6 +151,9 @@ MEASURES: dict[str, tuple[str, ...]] = {
     # four variants and asserts the saved losses: other chapters' edits there need no re-run unless they change them
     "06-kv-heads": ("labkit/mla.py", "labkit/gqa.py"),
 }
+# the SmolLM2 and tiny-GPT code under them is checked by the notebook's live slices (they assert the saved losses)
+MEASURES["09-pruning"] = ("labkit/compress/prune.py",)
+MEASURES["09-sparse-training"] = ("labkit/compress/sparse_training.py",)
 RUNS["09-distill"] = _distill
 RUNS["09-moe"] = _moe
 # the teacher (labkit.llama) and the tiny GPT (labkit.transformer) under them are checked by the notebook's live
