@@ -77,6 +77,17 @@ def test_two_four_on_ties_is_deterministic_and_exact():
     assert mask.tolist() == [[False, False, True, True, False, True, True, False]]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 12), st.floats(0, 0.99), st.booleans(), st.integers(0, 2**16))
+def test_ties_go_in_index_order_as_a_stable_sort_would(rows, cols, sparsity, per_row, seed):
+    scores = torch.randint(0, 4, (rows, cols), generator=torch.Generator().manual_seed(seed)).float()  # many ties
+    groups = scores if per_row else scores.reshape(1, -1)
+    k = round(sparsity * groups.shape[1])
+    expected = torch.ones_like(groups, dtype=torch.bool)
+    expected.scatter_(1, torch.sort(groups, dim=1, stable=True).indices[:, :k], False)
+    assert torch.equal(prune.unstructured_mask(scores, sparsity, per_row), expected.reshape(scores.shape))
+
+
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.7])
 def test_sparsity_reached_is_the_sparsity_asked(sparsity):
     model = random_llama()

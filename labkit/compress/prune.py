@@ -75,10 +75,17 @@ def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     return weight.detach().abs() * norms.to(weight.dtype)[None, :]
 
 
-def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k lowest scores along the last dim. A stable sort breaks ties by position, so a mask is
-    the same on every machine even for quantised weights, where many magnitudes are exactly equal."""
-    return torch.sort(scores, dim=-1, stable=True).indices[..., :k]
+def _keep_all_but_lowest(groups: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask [G, n] removing the k lowest scores of every row of `groups`; ties at the threshold go in
+    index order (what a stable sort would pick), so a mask is the same on every machine even for quantised
+    weights, where many magnitudes are exactly equal. A k-th value per row costs far less than sorting it."""
+    if k == 0:
+        return torch.ones_like(groups, dtype=torch.bool)
+    threshold = groups.kthvalue(k, dim=1, keepdim=True).values
+    below = groups < threshold
+    at = groups == threshold
+    still = k - below.sum(1, keepdim=True)  # how many of the tied scores must go too, first ones first
+    return ~(below | (at & (at.cumsum(1) <= still)))
 
 
 def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool = False) -> torch.Tensor:
@@ -88,10 +95,7 @@ def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool = Fal
     sparsity = _check_sparsity(sparsity)
     groups = scores if per_row else scores.reshape(1, -1)
     # Python's round, as torch.nn.utils.prune does: the two agree on how many weights a fraction means
-    k = round(sparsity * groups.shape[1])
-    mask = torch.ones_like(groups, dtype=torch.bool)
-    mask.scatter_(1, _lowest(groups, k), False)
-    return mask.reshape(scores.shape)
+    return _keep_all_but_lowest(groups, round(sparsity * groups.shape[1])).reshape(scores.shape)
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -106,10 +110,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if scores.shape[1] % m:
         raise ValueError(f"rows of {scores.shape[1]} weights do not split into groups of m={m}: "
                          f"m must divide the row length")
-    groups = scores.reshape(-1, m)  # consecutive weights of a row
-    mask = torch.ones_like(groups, dtype=torch.bool)
-    mask.scatter_(1, _lowest(groups, m - n), False)
-    return mask.reshape(scores.shape)
+    return _keep_all_but_lowest(scores.reshape(-1, m), m - n).reshape(scores.shape)  # m consecutive per group
 
 
 def _linears(model: Llama) -> dict[str, nn.Linear]:
