@@ -128,3 +128,20 @@ def test_clear_errors():
         train_student(tiny_student(), windows, TrainConfig(steps=1, batch_size=2), alpha=1.5)
     with pytest.raises(ValueError, match=r"windows must be \[N, context \+ 1 = 9\]"):
         train_student(tiny_student(), windows[:, :5], TrainConfig(steps=1, batch_size=2))
+
+
+def test_saved_run_live_slice_reproduces_the_record():
+    from labkit.compress.distill import DISTILL_STUDENT, distill_data
+    from labkit.course import saved
+
+    run = saved.load("09-distill")
+    rec = run.record
+    _, vocab, train, _, _, _ = distill_data(rec["n_train"], rec["n_eval"])
+    assert len(vocab) == rec["compact_vocab"] and rec["student_config"] == DISTILL_STUDENT
+    cache = (run.tensors["topk.values"].float(), run.tensors["topk.ids"].long())
+    cfg = TrainConfig(**rec["train_config"])
+    for name, alpha, t in rec["students"]:
+        torch.manual_seed(cfg.seed)
+        model = TinyGPT(GPTConfig(vocab_size=len(vocab), **rec["student_config"]))
+        live = train_student(model, train, cfg, alpha, cache, t, stop_after=3)
+        assert max(abs(a - b) for a, b in zip(live["loss"], rec["train_loss"][name])) < 1e-3, name

@@ -139,3 +139,17 @@ def test_clear_errors():
         moe.aux_loss()
     with pytest.raises(ValueError, match="aux_weight must be >= 0"):
         train_moe(moe, list(range(5)) * 4, TrainConfig(steps=1, batch_size=2), aux_weight=-1.0)
+
+
+def test_saved_run_live_slice_reproduces_the_record():
+    from labkit.compress.moe import moe_data, moe_models
+    from labkit.course import saved
+
+    run = saved.load("09-moe")
+    vocab, train_ids, _ = moe_data()
+    cfg = TrainConfig(**run.record["train_config"])
+    for name, model in moe_models(len(vocab), cfg.seed).items():
+        aux = run.record["aux_weight"] if name == "moe-aux" else 0.0
+        live = train_moe(model, train_ids, cfg, aux, stop_after=3)
+        assert max(abs(a - b) for a, b in zip(live["loss"], run.record["loss"][name])) < 1e-3, name
+        model.load_state_dict(run.state_dict(name))  # the saved weights fit the models the record describes
