@@ -70,3 +70,21 @@ def test_training_learns_a_tiny_task():
     assert after >= 15 > 12 > before
     with pytest.raises(ValueError, match="non-empty list of trainable"):
         A.train(model, [], examples, label_ids, steps=1)
+
+
+def test_saved_run_live_slice():
+    """The first steps of the saved LoRA run re-run here, and its saved adapter scores what the record says."""
+    run = saved.load("09-adapters")
+    rec = run.record
+    tok = A.tokenizer()
+    label_ids = A.label_token_ids(tok)
+    train_raw, test_raw = A.continent_task(rec["seed"])
+    train_set, test_set = A.encode(tok, train_raw), A.encode(tok, test_raw)
+    model, _ = A.build("LoRA", tok, seed=rec["seed"])
+    lora = rec["methods"]["LoRA"]
+    live = A.train(model, [p for p in model.parameters() if p.requires_grad], train_set, label_ids, steps=2,
+                   batch_size=rec["batch_size"], lr=lora["lr"], seed=rec["seed"])
+    assert max(abs(a - b) for a, b in zip(live, lora["losses"])) < 1e-3
+    load_lora_state_dict(model, run.state_dict("lora"))
+    predictions = A.label_log_probs(model, test_set[:24], label_ids).argmax(dim=1).tolist()
+    assert predictions == lora["predictions"][:24]

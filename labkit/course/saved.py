@@ -173,3 +173,15 @@ RUNS["09-quantization"] = _quantization
 MEASURES["09-quantization"] = ("labkit/compress/quant_sweep.py", "labkit/compress/quantize.py",
                                "labkit/compress/awq.py", "labkit/compress/gptq.py", "labkit/compress/evaluate.py",
                                "labkit/compress/gguf_blocks.py")
+
+
+def _adapters() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.finetune.adapters import adapters_run
+
+    return adapters_run()
+
+
+RUNS["09-adapters"] = _adapters
+# SmolLM2 (labkit.llama) under it is checked by the notebook's live slice (first LoRA steps, saved adapter's answers)
+MEASURES["09-adapters"] = ("labkit/finetune/adapters.py", "labkit/finetune/lora.py", "labkit/finetune/qlora.py",
+                           "labkit/finetune/prompt_tuning.py", "labkit/finetune/lofit.py")
