@@ -185,3 +185,22 @@ RUNS["09-adapters"] = _adapters
 # SmolLM2 (labkit.llama) under it is checked by the notebook's live slice (first LoRA steps, saved adapter's answers)
 MEASURES["09-adapters"] = ("labkit/finetune/adapters.py", "labkit/finetune/lora.py", "labkit/finetune/qlora.py",
                            "labkit/finetune/prompt_tuning.py", "labkit/finetune/lofit.py")
+
+
+def _dpo() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.finetune.dpo import dpo_run
+
+    return dpo_run()
+
+
+def _reward() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.finetune.reward import reward_run
+
+    return reward_run()
+
+
+RUNS["09-dpo"] = _dpo
+RUNS["09-reward"] = _reward
+# the SmolLM2 and LoRA code under them is checked by the notebook's live slices (they assert the saved numbers)
+MEASURES["09-dpo"] = ("labkit/finetune/dpo.py",)
+MEASURES["09-reward"] = ("labkit/finetune/reward.py", "labkit/finetune/dpo.py")
