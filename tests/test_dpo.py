@@ -313,3 +313,27 @@ def test_nll_term_keeps_the_chosen_answers_likely():
     assert h1["loss"][0] == h0["loss"][0] == pytest.approx(math.log(2), abs=1e-6)  # history: DPO's loss alone
     assert h1["loss"][1] != h0["loss"][1]                                           # but the step differed
     assert dpo.all_pair_logprobs(with_nll, c, r)[0].mean() > dpo.all_pair_logprobs(plain, c, r)[0].mean()
+
+
+@pytest.mark.slow  # loads SmolLM2
+def test_saved_run_09_dpo_adapters_reproduce_their_held_out_log_probs():
+    from labkit.course import saved
+    from labkit.finetune.lora import load_lora_state_dict
+    from labkit.llama import Llama
+    from labkit.models import load_smollm2
+
+    run = saved.load("09-dpo")
+    tokenizer, _ = load_smollm2()
+    heldout = dpo.json_preference_records()["heldout"][:2]
+    c, r = (dpo.encode_records(tokenizer, heldout, w) for w in ("chosen", "rejected"))
+    model = dpo.lora_policy(Llama.from_pretrained(), seed=run.record["lora"]["seed"])
+    for name in ["ref", *run.record["configs"]]:
+        if name == "ref":
+            with adapters_disabled(model):
+                got = dpo.all_pair_logprobs(model, c, r)
+        else:
+            load_lora_state_dict(model, run.state_dict(name))
+            got = dpo.all_pair_logprobs(model, c, r)
+        for j, w in enumerate(("chosen", "rejected")):
+            expected = torch.tensor(run.record["logps"][f"{name}_heldout_{w}"][:2])
+            torch.testing.assert_close(got[j], expected, atol=1e-2, rtol=0)

@@ -109,3 +109,22 @@ def test_mentions_matches_whole_words():
     assert not reward.mentions("The capital of Australia", "Au")
     assert reward.mentions("paris, of course", "Paris")
     assert reward.mentions("It is New Delhi.", "New Delhi")
+
+
+@pytest.mark.slow  # loads SmolLM2
+def test_saved_run_09_reward_heads_reproduce_their_held_out_scores():
+    from labkit.course import saved
+    from labkit.llama import Llama
+    from labkit.models import load_smollm2
+
+    run = saved.load("09-reward")
+    tokenizer, _ = load_smollm2()
+    model = Llama.from_pretrained()
+    heldout = dpo.json_preference_records()["heldout"][:2]
+    for w in ("chosen", "rejected"):
+        feats = reward.encoded_features(model, dpo.encode_records(tokenizer, heldout, w))
+        for name in ("format", "both"):
+            with torch.no_grad():
+                got = reward.load_head(run.state_dict(name))(feats)
+            expected = torch.tensor(run.record["scores"][f"{name}/heldout_{w}"][:2])
+            torch.testing.assert_close(got, expected, atol=1e-2, rtol=0)
