@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labkit.course.manifest import ROOT
 from labkit.finetune import dpo
 from labkit.finetune.lora import adapters_disabled, add_lora
-from labkit.course.manifest import ROOT
 from tiny_llama import SMALL, random_llama
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
