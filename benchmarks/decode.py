@@ -29,6 +29,16 @@ at the start is recorded. It reports, never asserts: speed depends on the machin
    prefix lengths and summed over t, interpolating linearly in between; the estimate is checked against an
    end-to-end uncached run of 16 tokens, printed next to it (--full runs 512 end to end). The cached sides
    are one real run each to 512 tokens, the clock read after every token.
+5. Chapter 9's int8 weight-only decode step (labkit.compress.int8_decode): every matrix, the tied embedding/LM
+   head included, as int8 codes with one float32 scale per row. Its tokens/s (timed like labkit's fast step,
+   in the same alternating runs) ÷ transformers fp32 (goal >= 3: the weights are ~4x fewer bytes) and ÷ its own
+   roofline (int8 codes + scales + norms + the same cache, over the same bandwidth; goal >= 0.7), with its
+   profile (as in 3). Beside them what the rounding costs: greedy agreement with the fp32 run over the 128
+   tokens (the length of the identical prefix, and teacher-forced: the int8 step's argmax at every position of
+   the fp32 text), and the perplexity change on held-out windows (labkit.gqa.heldout_windows/window_losses,
+   the same windows for both; int8 = the fp32 model with the dequantized weights, which the int8 step
+   reproduces to float32 summation error; goal <= +2%). And what torch offers for the same product on the CPU,
+   `torch._weight_int8pack_mm`, timed against labkit's kernel on the LM head (49152 x 576).
 """
 from __future__ import annotations
 
@@ -46,6 +56,9 @@ import numpy as np
 import torch
 
 from labkit import kvcache
+from labkit.compress import int8_decode
+from labkit.compress.int8_decode import Int8DecodeStep, dequantized_model
+from labkit.gqa import heldout_windows, window_losses
 from labkit.kvcache import DecodeStep, KVCache, cache_bytes, matvec, token_times
 from labkit.llama import Llama
 from labkit.models import load_smollm2
@@ -59,6 +72,8 @@ NEW_TOKENS = 128
 LENGTHS = (32, 64, 128, 256, 512)
 RESULTS = Path(__file__).parent / "results" / "decode.json"
 GOALS = dict(vs_transformers=1.0, vs_roofline=0.8, cache_speedup_512=10.0)
+INT8_GOALS = dict(vs_transformers=3.0, vs_roofline=0.7, perplexity_change=0.02)
+PPL_WINDOWS = 8  # held-out windows of 257 tokens for the perplexity change
 
 
 def machine() -> dict:
@@ -109,11 +124,11 @@ class _Clock:
 
 
 @torch.no_grad()
-def decode_times(model: Llama, hf, ids: torch.Tensor, rounds: int = 3) -> dict:
+def decode_times(model: Llama, hf, ids: torch.Tensor, step8: Int8DecodeStep, rounds: int = 3) -> dict:
     """Per-token decode seconds (the median step of a run of NEW_TOKENS greedy tokens; the median over
     `rounds` runs), prefill seconds (until the first token, median over the runs) and the tokens, for labkit's
-    fast step, its plain cached Llama.forward and transformers. The runs alternate, so load from other
-    programs hits all of them alike."""
+    fast step, its plain cached Llama.forward, transformers and the int8 step. The runs alternate, so load from
+    other programs hits all of them alike."""
     kw = dict(do_sample=False, pad_token_id=hf.generation_config.eos_token_id)
 
     def hf_run(n=NEW_TOKENS):
@@ -123,7 +138,8 @@ def decode_times(model: Llama, hf, ids: torch.Tensor, rounds: int = 3) -> dict:
 
     runs = {"labkit_fast": lambda: token_times(model, ids, NEW_TOKENS, fast=True),
             "labkit_plain_cache": lambda: token_times(model, ids, NEW_TOKENS),
-            "transformers": hf_run}
+            "transformers": hf_run,
+            "labkit_int8": lambda: int8_decode.token_times(step8, ids, NEW_TOKENS)}
     seen = defaultdict(lambda: dict(prefill_s=[], decode_s=[]))
 
     def record(name, result):
@@ -132,7 +148,7 @@ def decode_times(model: Llama, hf, ids: torch.Tensor, rounds: int = 3) -> dict:
         seen[name]["prefill_s"].append(seconds[0])
         seen[name]["decode_s"].append(float(np.median(np.diff(seconds))))
 
-    hf_run(8), token_times(model, ids, 8, fast=True)  # warm-up
+    hf_run(8), token_times(model, ids, 8, fast=True), int8_decode.token_times(step8, ids, 8)  # warm-up
     for r in range(rounds):
         for name, run in runs.items():
             if name != "labkit_plain_cache" or r == 0:  # the plain path is shown for reference: one run
@@ -147,12 +163,16 @@ def decode_times(model: Llama, hf, ids: torch.Tensor, rounds: int = 3) -> dict:
 
 
 @torch.no_grad()
-def profile_step(model: Llama, ids: torch.Tensor, context: int, repeats: int = 15) -> dict:
+def profile_step(model: Llama, ids: torch.Tensor, context: int, repeats: int = 15,
+                 step: DecodeStep | Int8DecodeStep | None = None) -> dict:
     """Where one fast decode step's time goes, at a cache of `context` tokens: the step replayed from Python,
     one kernel call at a time (the kernels `kvcache._block` is made of), each kind of work timed apart; the
     median over `repeats` replays. The real step (median of as many calls) runs the same kernels inside one
-    compiled function per block. The replay must give the real step's logits (checked)."""
-    step, cfg = DecodeStep(model), model.cfg
+    compiled function per block. The replay must give the real step's logits (checked). `step`: the fp32
+    DecodeStep by default, or an Int8DecodeStep (its int8 matrix products, `int8_decode._linear8`)."""
+    step, cfg = step or DecodeStep(model), model.cfg
+    int8 = isinstance(step, Int8DecodeStep)
+    linear = int8_decode._linear8 if int8 else kvcache._linear
     prompt = torch.randint(0, cfg.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
     prompt[0, :ids.shape[1]] = ids[0]
     cache = KVCache(cfg, 1, context + 1)
@@ -163,18 +183,19 @@ def profile_step(model: Llama, ids: torch.Tensor, context: int, repeats: int = 1
     clock = time.perf_counter
 
     def replay(acc):
-        x = step.embed[token.numpy()]
+        rows = token.numpy()
+        x = step.embed.codes[rows].astype(np.float32) * step.embed.scale[rows, None] if int8 else step.embed[rows]
         for i, w in enumerate(step.blocks):
             t0 = clock(); h = kvcache._rmsnorm(x, w.attn_norm, eps)
-            t1 = clock(); q, k, v = kvcache._linear(h, w.q), kvcache._linear(h, w.k), kvcache._linear(h, w.v)
+            t1 = clock(); q, k, v = linear(h, w.q), linear(h, w.k), linear(h, w.v)
             t2 = clock(); q, k = kvcache._rope(q, cos, sin, D), kvcache._rope(k, cos, sin, D)
             t3 = clock(); kvcache._cache_write(k_all[i], pos, k, D), kvcache._cache_write(v_all[i], pos, v, D)
             t4 = clock(); y = kvcache._attend(q, k_all[i], v_all[i], pos + 1, D)
-            t5 = clock(); x = x + kvcache._linear(y, w.o)
+            t5 = clock(); x = x + linear(y, w.o)
             t6 = clock(); h = kvcache._rmsnorm(x, w.mlp_norm, eps)
-            t7 = clock(); gate, up = kvcache._linear(h, w.gate), kvcache._linear(h, w.up)
+            t7 = clock(); gate, up = linear(h, w.gate), linear(h, w.up)
             t8 = clock(); a = gate / (np.float32(1.0) + np.exp(-gate)) * up
-            t9 = clock(); x = x + kvcache._linear(a, w.down)
+            t9 = clock(); x = x + linear(a, w.down)
             t10 = clock()
             acc["matrix products, 210 block matrices"] += (t2 - t1) + (t6 - t5) + (t8 - t7) + (t10 - t9)
             acc["RMSNorm"] += (t1 - t0) + (t7 - t6)
@@ -183,7 +204,7 @@ def profile_step(model: Llama, ids: torch.Tensor, context: int, repeats: int = 1
             acc["attention over the cache"] += t5 - t4
             acc["SiLU(gate) * up"] += t9 - t8
         t0 = clock(); h = kvcache._rmsnorm(x, step.norm, eps)
-        t1 = clock(); logits = kvcache._linear(h, step.head)
+        t1 = clock(); logits = linear(h, step.head)
         t2 = clock()
         acc["RMSNorm"] += t1 - t0
         acc["matrix product, LM head"] += t2 - t1
@@ -207,7 +228,7 @@ def profile_step(model: Llama, ids: torch.Tensor, context: int, repeats: int = 1
     parts = {name: float(np.median(v)) for name, v in parts.items()}
     real_s = float(np.median(real))
     matrices = [m for b in step.blocks for m in (b.q, b.k, b.v, b.o, b.gate, b.up, b.down)]
-    return dict(context=context, repeats=repeats, step_s=real_s, parts_s=parts,
+    return dict(context=context, repeats=repeats, step_s=real_s, parts_s=parts,  # .nbytes: numpy or Int8Matrix
                 replay_max_abs_diff=max_diff,
                 block_matrix_bytes=sum(m.nbytes for m in matrices), head_bytes=step.head.nbytes)
 
@@ -259,7 +280,9 @@ def measure(full: bool = False) -> dict:
     model = Llama.from_pretrained()
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     bw = bandwidth()
-    t = decode_times(model, hf, ids)
+    step8 = Int8DecodeStep(model)
+    t = decode_times(model, hf, ids, step8)
+    t8 = t.pop("labkit_int8")
     fast_tok, plain_tok, hf1_tok, hf2_tok = (t[k]["decode_s"] for k in
                                              ("labkit_fast", "labkit_plain_cache", "transformers", "transformers_2_threads"))
     fast_ids, plain_ids, hf_ids = (t[k]["ids"] for k in ("labkit_fast", "labkit_plain_cache", "transformers"))
@@ -281,7 +304,60 @@ def measure(full: bool = False) -> dict:
                     plain_cache_vs_transformers=hf1_tok / plain_tok,
                     vs_roofline=step_bytes / (best_bw * 1e9) / fast_tok),
         goals=GOALS, profile=profile_step(model, ids, context), cache_speedup=cache_speedup(model, ids, full),
+        int8=int8_rows(model, tokenizer, ids, step8, t8, fast_ids, hf1_tok, fast_tok, best_bw, context),
         load_average_1min_at_end=round(os.getloadavg()[0], 2))
+
+
+@torch.no_grad()
+def teacher_forced_agreement(step8: Int8DecodeStep, full_ids: torch.Tensor, prompt_len: int) -> int:
+    """How many of the tokens after the prompt in full_ids [1, T] (fp32's greedy text) are also the int8 step's
+    argmax when it reads that same text: each position judged on the same context, unlike free generation,
+    where one different token changes every context after it."""
+    cache = KVCache(step8.cfg, 1, full_ids.shape[1])
+    same = 0
+    for t in range(full_ids.shape[1] - 1):
+        logits = step8(full_ids[:, t], cache)
+        if t + 1 >= prompt_len:
+            same += int(logits.argmax(-1).item() == full_ids[0, t + 1].item())
+    return same
+
+
+def int8_rows(model: Llama, tokenizer, ids: torch.Tensor, step8: Int8DecodeStep, t8: dict, fast_ids: torch.Tensor,
+              hf_s: float, fast_s: float, bw_gb_s: float, context: int) -> dict:
+    """Result 5: the int8 step's speed against transformers and its roofline, its profile, and what rounding
+    the weights to int8 costs (greedy agreement, perplexity)."""
+    P, new = ids.shape[1], fast_ids.shape[1] - ids.shape[1]
+    int8_ids = t8["ids"][0, P:].tolist()
+    fp32_ids = fast_ids[0, P:].tolist()
+    prefix = next((i for i, (a, b) in enumerate(zip(int8_ids, fp32_ids)) if a != b), len(fp32_ids))
+    cfg = model.cfg
+    step_bytes = step8.nbytes + cache_bytes(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, context)
+    roof_s = step_bytes / (bw_gb_s * 1e9)
+    windows = heldout_windows(tokenizer, PPL_WINDOWS)
+    fp32_loss = window_losses(model, windows)
+    int8_loss = window_losses(dequantized_model(model), windows)
+    fp32_ppl, int8_ppl = float(fp32_loss.mean().exp()), float(int8_loss.mean().exp())
+    # what torch offers: its weight-only int8 product, on the LM head, against labkit's kernel
+    head = step8.head
+    codes, scale = torch.from_numpy(head.codes), torch.from_numpy(head.scale)
+    x = torch.randn(1, codes.shape[1], generator=torch.Generator().manual_seed(0))
+    torch_s = median_of(lambda: torch._weight_int8pack_mm(x, codes, scale), 5)
+    ours_s = median_of(lambda: int8_decode.matvec_int8(x, codes, scale), 5)
+    op_diff = float((torch._weight_int8pack_mm(x, codes, scale) - int8_decode.matvec_int8(x, codes, scale)).abs().max())
+    return dict(
+        decode_s_per_token=t8["decode_s"], runs=t8["runs"], prefill_s=t8["prefill_s"],
+        tokens_generated=len(int8_ids), greedy_ids=int8_ids,
+        weight_bytes=step8.nbytes, fp32_weight_bytes=sum(p.nbytes for p in model.parameters()),
+        roofline=dict(bytes_per_token=step_bytes, average_context=context, bandwidth_gb_s=bw_gb_s, s_per_token=roof_s),
+        ratios=dict(vs_transformers=hf_s / t8["decode_s"], vs_labkit_fast=fast_s / t8["decode_s"],
+                    vs_roofline=roof_s / t8["decode_s"]),
+        agreement=dict(tokens=new, same_prefix=prefix,
+                       teacher_forced_same=teacher_forced_agreement(step8, fast_ids, P)),
+        perplexity=dict(windows=PPL_WINDOWS, window_tokens=windows.shape[1], fp32=fp32_ppl, int8=int8_ppl,
+                        change=int8_ppl / fp32_ppl - 1),
+        torch_weight_int8pack_mm=dict(matrix=list(codes.shape), torch_s=torch_s, labkit_s=ours_s,
+                                      max_abs_diff=op_diff),
+        profile=profile_step(model, ids, context, step=step8), goals=INT8_GOALS)
 
 
 def profile_rows(p: dict) -> list[tuple[str, float, str]]:
@@ -336,6 +412,34 @@ def report(r: dict) -> None:
               f"cache alone {c['full_uncached_512_measured_s'] / c['cached_plain_s'][-1]:.1f}x")
     print(f"KV-cache speedup at 512, the cache alone: {c['cache_speedup'][-1]:.1f}x (goal >= "
           f"{GOALS['cache_speedup_512']:g}x); the fast decode step adds {c['fast_step_factor'][-1]:.2f}x")
+    report_int8(r["int8"], r["decode_s_per_token"])
+
+
+def report_int8(q: dict, fp32: dict) -> None:
+    ro, ra, g, a, pp = q["roofline"], q["ratios"], q["goals"], q["agreement"], q["perplexity"]
+    print(f"5. int8 weight-only decode (chapter 9): {q['weight_bytes'] / 1e6:.1f} MB of weights (codes + scales + "
+          f"norms) against {q['fp32_weight_bytes'] / 1e6:.1f} MB in fp32")
+    print(f"  int8 step {1e3 * q['decode_s_per_token']:.1f} ms/token, {1 / q['decode_s_per_token']:.1f} tokens/s "
+          f"({q['runs']} runs); fp32 fast step {1e3 * fp32['labkit_fast']:.1f} ms; transformers fp32 "
+          f"{1e3 * fp32['transformers']:.1f} ms")
+    print(f"  int8 ÷ transformers fp32: {ra['vs_transformers']:.2f}x (goal >= {g['vs_transformers']:g}); "
+          f"int8 ÷ labkit fp32 fast step: {ra['vs_labkit_fast']:.2f}x")
+    print(f"  roofline: {ro['bytes_per_token'] / 1e6:.1f} MB per token (with the cache of {ro['average_context']} tokens)"
+          f" at {ro['bandwidth_gb_s']:.1f} GB/s = {1e3 * ro['s_per_token']:.1f} ms/token; int8 ÷ roofline "
+          f"{ra['vs_roofline']:.2f} (goal >= {g['vs_roofline']:g})")
+    print(f"  greedy agreement with fp32 over {a['tokens']} tokens: identical prefix {a['same_prefix']} tokens; "
+          f"teacher-forced {a['teacher_forced_same']}/{a['tokens']} positions")
+    print(f"  perplexity on {pp['windows']} held-out windows of {pp['window_tokens']} tokens: fp32 {pp['fp32']:.3f}, "
+          f"int8 {pp['int8']:.3f}, change {100 * pp['change']:+.2f}% (goal <= +{100 * g['perplexity_change']:g}%)")
+    o = q["torch_weight_int8pack_mm"]
+    print(f"  torch._weight_int8pack_mm on the {o['matrix'][0]} x {o['matrix'][1]} LM head: {1e3 * o['torch_s']:.1f} ms, "
+          f"labkit's kernel {1e3 * o['labkit_s']:.2f} ms ({o['torch_s'] / o['labkit_s']:.0f}x faster; outputs "
+          f"differ by {o['max_abs_diff']:.1e})")
+    p = q["profile"]
+    print(f"  profile of one int8 step at a cache of {p['context']} tokens (median of {p['repeats']}; replay's logits "
+          f"equal the step's to {p['replay_max_abs_diff']:.1e}): step {1e3 * p['step_s']:.1f} ms")
+    for name, s, note in profile_rows(p):
+        print(f"    {name:48} {1e3 * s:6.2f} ms {100 * s / p['step_s']:5.1f}%  {note}")
 
 
 if __name__ == "__main__":
