@@ -228,3 +228,18 @@ def test_load_tool_adapter_errors(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="already has LoRA layers"):
         sft.load_tool_adapter(_lora_tiny())
     assert isinstance(random_llama(), Llama)
+
+
+@pytest.mark.slow
+def test_saved_adapter_reproduces_a_recorded_reply_merged_or_not(tok):
+    from labkit.course import saved
+
+    record = saved.load(sft.RUN_NAME).record
+    assert record["n_train"] == len(TRAIN) and record["n_heldout"] == len(HELDOUT)
+    best = max((e for e in record["after"]["replies"] if e["scores"]["args"]), key=lambda e: e["margin"])
+    request = [r for r in HELDOUT if r["id"] == best["id"]]
+    for merge in (False, True):
+        model = sft.load_tool_adapter(Llama.from_pretrained(), merge=merge)
+        assert bool(lora_layers(model)) != merge  # merged: plain Linear layers again
+        live = sft.evaluate(model, tok, request, progress=False)[0]
+        assert live["reply"] == best["reply"] and abs(live["margin"] - best["margin"]) < 0.05

@@ -187,6 +187,19 @@ MEASURES["09-adapters"] = ("labkit/finetune/adapters.py", "labkit/finetune/lora.
                            "labkit/finetune/prompt_tuning.py", "labkit/finetune/lofit.py")
 
 
+def _sft_tools() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.finetune.sft import run
+
+    return run()
+
+
+RUNS["09-sft-tools"] = _sft_tools
+# SmolLM2 (labkit.llama, kvcache) and LoRA (labkit.finetune.lora) under it are checked by the notebook's live
+# slice, which loads the saved adapter and asserts its greedy replies to held-out requests
+MEASURES["09-sft-tools"] = ("labkit/finetune/sft.py", "labkit/finetune/tool_data.py",
+                            "labkit/finetune/chat_formats.py", "data/tool-calls")
+
+
 def _dpo() -> tuple[dict, dict[str, torch.Tensor]]:
     from labkit.finetune.dpo import dpo_run
 
