@@ -129,3 +129,23 @@ def test_clear_errors():
         st.train_sparse(tiny_gpt(), [1, 2, 3])
     with pytest.raises(ValueError, match="sparse_share"):
         st.keep_schedule(0, 10, 0.5, sparse_share=1.5)
+
+
+def test_saved_run_first_steps_reproduce():
+    """The saved run's record (results/09-sparse-training.json) against its first steps, re-run (the notebook's
+    live slice, shorter)."""
+    from labkit import corpus
+    from labkit.course import saved
+
+    rec = saved.load("09-sparse-training").record
+    text = corpus.load_corpus()
+    vocab = corpus.Vocab.build(corpus.char_tokens(text.train))
+    train_ids = vocab.encode(corpus.char_tokens(text.train))
+    cfg = transformer.TrainConfig(**rec["train_config"])
+    schedules = {"dense": None, "topk": lambda s: rec["keep"],
+                 "channels": lambda s: st.keep_schedule(s, cfg.steps, rec["keep"])}
+    for mode, schedule in schedules.items():
+        torch.manual_seed(rec["seed"])
+        gpt = transformer.TinyGPT(transformer.GPTConfig(vocab_size=len(vocab), **rec["gpt_config"]))
+        live = st.train_sparse(st.sparsify_ffn(gpt, mode, rec["keep"]), train_ids, cfg, schedule, stop_after=4)
+        assert max(abs(a - b) for a, b in zip(live["loss"], rec["runs"][mode]["loss"])) < 1e-3, mode
