@@ -11,6 +11,10 @@ Chapter 6  MHA, MQA, GQA, MLA              gqa (head sharing, MQA conversion), m
 Chapter 7  FlashAttention                  flash (tiled attention, online softmax, IO counts), checks.flash
 Chapter 8  GPU programming, Triton         gpu_sim (numba CUDA simulator), kernels.backend, kernels.basics,
                                            kernels.flash (FlashAttention-2 in Triton), checks.kernels
+Chapter 9  compressing and adapting        compress/ (quantize, gguf_blocks, awq, gptq, int8_decode, prune,
+                                           sparse_training, distill, moe, evaluate), finetune/ (lora, qlora,
+                                           prompt_tuning, lofit, chat_formats, tool_data, sft, dpo, reward),
+                                           checks.compress
 Shared     the real models, offline        models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
            small helpers                   scoring (log P of text), timing (best-of and median wall clock), viz (HTML bars)
            the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book,
