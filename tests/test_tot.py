@@ -1,0 +1,103 @@
+"""Tree of Thoughts search (labkit.reasoning.tot): the BFS step, BFS and DFS on toy trees and on Game of 24."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from labkit.reasoning.tot import bfs, bfs_step, dfs
+
+# a toy tree: states are tuples of bits, a thought appends one bit; the goal is one hidden string
+TARGET = (1, 0, 1, 1)
+
+
+def propose_bits(s):
+    return [s + (0,), s + (1,)] if len(s) < len(TARGET) else []
+
+
+def prefix_value(s):
+    """1 if s is a prefix of TARGET, else 0 (an exact oracle)."""
+    return float(s == TARGET[:len(s)])
+
+
+def test_bfs_step_keeps_the_best_children_of_every_state_best_first():
+    frontier = [(0,), (1,)]
+    value = lambda s: sum(s) + 0.1 * len(s)  # noqa: E731
+    out = bfs_step(frontier, propose_bits, value, breadth=3)
+    assert out == [(1, 1), (0, 1), (1, 0)]   # (0,1) and (1,0) tie: generation order (children of (0,) first)
+
+
+def test_bfs_step_scores_candidates_not_parents():
+    # the parent (1,) is the better one, but its children are worse than (0,)'s
+    value = {(0,): 0, (1,): 9, (0, 0): 5, (0, 1): 4, (1, 0): 1, (1, 1): 2}.__getitem__
+    assert bfs_step([(0,), (1,)], propose_bits, value, breadth=2) == [(0, 0), (0, 1)]
+
+
+def test_bfs_step_with_a_constant_value_keeps_the_first_proposals():
+    assert bfs_step([(0,), (1,)], propose_bits, lambda s: 0.0, breadth=3) == [(0, 0), (0, 1), (1, 0)]
+
+
+def test_bfs_step_returns_fewer_when_there_are_fewer_candidates():
+    assert bfs_step([(1,)], propose_bits, lambda s: 0.0, breadth=5) == [(1, 0), (1, 1)]
+    assert bfs_step([], propose_bits, lambda s: 0.0, breadth=5) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(-3, 3), max_size=4), max_size=4), st.integers(1, 6))
+def test_bfs_step_equals_a_full_sort_by_value_then_generation_order(children, breadth):
+    # frontier state i proposes the candidates (i, j) with value children[i][j]
+    frontier = list(range(len(children)))
+    propose = lambda i: [(i, j) for j in range(len(children[i]))]  # noqa: E731
+    value = lambda c: children[c[0]][c[1]]  # noqa: E731
+    flat = [(i, j) for i in frontier for j in range(len(children[i]))]
+    ranked = sorted(range(len(flat)), key=lambda k: (-value(flat[k]), k))
+    assert bfs_step(frontier, propose, value, breadth) == [flat[k] for k in ranked[:breadth]]
+
+
+def test_bfs_step_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="breadth must be an int >= 1"):
+        bfs_step([()], propose_bits, prefix_value, 0)
+    with pytest.raises(ValueError, match="breadth must be an int >= 1"):
+        bfs_step([()], propose_bits, prefix_value, True)
+    with pytest.raises(TypeError, match="frontier must be a sequence"):
+        bfs_step(iter([()]), propose_bits, prefix_value, 1)
+
+
+def test_bfs_with_the_oracle_value_finds_the_target_and_records_the_tree():
+    search = bfs((), propose_bits, prefix_value, breadth=1, depth=4, is_goal=lambda s: s == TARGET)
+    assert search.solutions == [TARGET]
+    # breadth 1: one state expanded per step, two children each
+    assert search.proposals == 4 and search.evaluations == 8 and len(search.nodes) == 9
+    kept = [n.state for n in search.nodes if n.status in ("kept", "solution")]
+    assert kept == [TARGET[:k] for k in range(1, 5)]
+    assert all(n.parent is None or search.nodes[n.parent].depth == n.depth - 1 for n in search.nodes)
+
+
+def test_bfs_with_a_useless_value_needs_breadth():
+    # constant value keeps the first-generated children: all-zero prefixes, never the target with b = 1
+    narrow = bfs((), propose_bits, lambda s: 0.0, breadth=1, depth=4, is_goal=lambda s: s == TARGET)
+    wide = bfs((), propose_bits, lambda s: 0.0, breadth=16, depth=4, is_goal=lambda s: s == TARGET)
+    assert not narrow.solved and wide.solutions == [TARGET]
+
+
+def test_dfs_backtracks_to_the_solution_and_prunes_below_threshold():
+    # a misleading value: prefers 0 bits, but a dead end (too many zeros) is valued below the threshold
+    value = lambda s: 0.0 if s.count(0) > 1 else 1.0 - 0.1 * sum(s)  # noqa: E731
+    search = dfs((), propose_bits, value, depth=4, is_goal=lambda s: s == TARGET, threshold=0.5)
+    assert search.solutions == [TARGET]
+    statuses = {n.state: n.status for n in search.nodes}
+    assert statuses[(0, 0)] == "pruned" and statuses[TARGET] == "solution"
+    assert statuses[(0,)] == "kept"   # visited first (higher value), then backtracked from
+
+
+def test_dfs_stops_at_the_step_budget():
+    search = dfs((), propose_bits, lambda s: 1.0, depth=4, is_goal=lambda s: s == (1, 1, 1, 1), max_steps=3)
+    assert search.proposals == 3 and not search.solved
+    every = dfs((), propose_bits, lambda s: 1.0, depth=4, is_goal=lambda s: True, all_solutions=True)
+    assert len(every.solutions) == 16 and every.proposals == 15
+
+
+def test_search_rejects_bad_depth_and_budget():
+    with pytest.raises(ValueError, match="depth must be an int >= 1"):
+        bfs((), propose_bits, prefix_value, breadth=1, depth=0)
+    with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
+        dfs((), propose_bits, prefix_value, depth=2, is_goal=bool, max_steps=0)
