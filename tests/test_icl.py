@@ -1,0 +1,142 @@
+"""labkit.prompting.icl: the committed classification set, contextual calibration (hand cases, properties and
+its errors), the few-shot prompt and demonstration draws; SmolLM2's label scores (slow)."""
+import json
+import runpy
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labkit.course.manifest import ROOT
+from labkit.prompting.icl import (CONTENT_FREE, INSTRUCTION, LABELS, balanced_counts, contextual_calibrate,
+                                  draw_demos, few_shot_prompt, format_example, load_classification)
+
+# ---- the data set -------------------------------------------------------------------------------------------------
+
+
+def test_data_file_is_what_build_writes():
+    build = runpy.run_path(str(ROOT / "data" / "classification" / "build.py"))["build"]
+    expected = "".join(json.dumps(r) + "\n" for r in build())
+    assert (ROOT / "data" / "classification" / "data.jsonl").read_text() == expected
+
+
+def test_splits_are_balanced_and_disjoint():
+    rows = load_classification()
+    assert len(rows) == 256 and len({r["id"] for r in rows}) == 256
+    assert {r["label"] for r in rows} == set(LABELS)
+    counts = Counter((r["split"], r["label"]) for r in rows)
+    for label in LABELS:
+        assert (counts["train", label], counts["dev", label], counts["test", label]) == (32, 12, 20)
+    texts = [r["text"] for r in rows]
+    assert len(set(texts)) == len(texts)  # no sentence twice, so no split shares one with another
+    assert [r["id"] for r in load_classification("test")] == [r["id"] for r in rows if r["split"] == "test"]
+
+
+def test_load_classification_rejects_unknown_split():
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_classification("validation")
+
+
+# ---- contextual calibration ---------------------------------------------------------------------------------------
+
+
+def test_calibration_hand_case():
+    p = torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.25, 0.25]])
+    p_cf = torch.tensor([0.5, 0.25, 0.25])
+    q = contextual_calibrate(p, p_cf)
+    # row 1: [1.2, 1.2, 0.4] / 2.8; row 2 equals p_cf, so it becomes uniform
+    torch.testing.assert_close(q[0], torch.tensor([1.2, 1.2, 0.4]) / 2.8)
+    torch.testing.assert_close(q[1], torch.full((3,), 1 / 3))
+
+
+def test_calibration_divides_by_the_content_free_probs_not_the_batch_mean():
+    # the batch's own mean prediction is [0.55, 0.45]; p_cf is [0.8, 0.2]: different answers
+    p = torch.tensor([[0.7, 0.3], [0.4, 0.6]])
+    q = contextual_calibrate(p, torch.tensor([0.8, 0.2]))
+    torch.testing.assert_close(q[0], torch.tensor([0.7 / 0.8, 0.3 / 0.2]) / (0.7 / 0.8 + 0.3 / 0.2))
+    assert q[0].argmax() == 1  # the prompt's lean towards label 0 was divided out
+
+
+probs = st.integers(2, 5).flatmap(lambda L: st.tuples(
+    st.lists(st.lists(st.floats(1e-3, 1.0), min_size=L, max_size=L), min_size=1, max_size=6),
+    st.lists(st.floats(1e-3, 1.0), min_size=L, max_size=L)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(probs)
+def test_calibration_properties(case):
+    rows, cf = case
+    p = torch.tensor(rows, dtype=torch.float64)
+    p = p / p.sum(1, keepdim=True)
+    p_cf = torch.tensor(cf, dtype=torch.float64)
+    q = contextual_calibrate(p, p_cf)
+    torch.testing.assert_close(q.sum(1), torch.ones(len(rows), dtype=torch.float64))  # rows are distributions
+    assert (q > 0).all()
+    # a uniform p_cf changes nothing; scaling p_cf changes nothing (only its shape matters)
+    uniform = torch.full_like(p_cf, 1 / len(cf))
+    torch.testing.assert_close(contextual_calibrate(p, uniform), p)
+    torch.testing.assert_close(contextual_calibrate(p, 3 * p_cf), q)
+    # the content-free input itself comes out uniform
+    torch.testing.assert_close(contextual_calibrate((p_cf / p_cf.sum())[None], p_cf)[0], uniform)
+    # the ratio of two labels' calibrated probabilities is the raw ratio divided by the prior ratio
+    torch.testing.assert_close(q[:, 0] / q[:, 1], (p[:, 0] / p_cf[0]) / (p[:, 1] / p_cf[1]))
+
+
+def test_calibration_errors():
+    p, p_cf = torch.full((2, 3), 1 / 3), torch.full((3,), 1 / 3)
+    with pytest.raises(TypeError, match="label_probs must be a torch.Tensor"):
+        contextual_calibrate([[0.5, 0.5]], p_cf)
+    with pytest.raises(ValueError, match=r"label_probs must have 2 dimension\(s\) \(\[N, L\]\), got shape \(3,\)"):
+        contextual_calibrate(p_cf, p_cf)
+    with pytest.raises(ValueError, match=r"content_free_probs must have 1 dimension"):
+        contextual_calibrate(p, p)
+    with pytest.raises(TypeError, match="floating-point"):
+        contextual_calibrate(torch.ones(2, 3, dtype=torch.long), p_cf)
+    with pytest.raises(ValueError, match="has 3 labels per row but content_free_probs has 4"):
+        contextual_calibrate(p, torch.full((4,), 0.25))
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        contextual_calibrate(torch.tensor([[0.5, -0.1, 0.6]]), p_cf)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        contextual_calibrate(p, torch.tensor([0.5, float("nan"), 0.5]))
+    with pytest.raises(ValueError, match="zero: W = diag"):
+        contextual_calibrate(p, torch.tensor([0.5, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="all zeros"):
+        contextual_calibrate(torch.tensor([[0.0, 0.0, 0.0]]), p_cf)
+
+
+# ---- prompts and demonstrations -----------------------------------------------------------------------------------
+
+
+def test_few_shot_prompt_layout():
+    demos = [{"text": "A goal.", "label": "sports"}, {"text": "A cake.", "label": "food"}]
+    prompt = few_shot_prompt(demos, "A song.")
+    assert prompt == (INSTRUCTION + "Sentence: A goal.\nTopic: sports\n\nSentence: A cake.\nTopic: food\n\n"
+                      "Sentence: A song.\nTopic:")
+    assert few_shot_prompt([], "x") == INSTRUCTION + format_example("x")
+    with pytest.raises(TypeError, match="text must be a string"):
+        format_example(None)
+
+
+@settings(max_examples=50, deadline=None)
+@given(k=st.integers(0, 16), seed=st.integers(0, 10**6))
+def test_balanced_draws(k, seed):
+    counts = balanced_counts(k, seed)
+    assert sum(counts.values()) == k and max(counts.values()) - min(counts.values()) <= 1
+    pool = load_classification("train")
+    demos = draw_demos(pool, counts, seed)
+    assert Counter(d["label"] for d in demos) == Counter({lab: c for lab, c in counts.items() if c})
+    assert len({d["id"] for d in demos}) == k and all(d["split"] == "train" for d in demos)
+    assert draw_demos(pool, counts, seed) == demos  # seeded
+
+
+def test_draw_errors():
+    with pytest.raises(ValueError, match="k must be an int >= 0"):
+        balanced_counts(-1, 0)
+    with pytest.raises(ValueError, match="asked for 40 'food' demonstrations; the pool has 32"):
+        draw_demos(load_classification("train"), {"food": 40}, 0)
+
+
+def test_content_free_inputs_are_the_papers():
+    assert CONTENT_FREE == ("N/A", "", "[MASK]")
