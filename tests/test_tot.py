@@ -101,3 +101,43 @@ def test_search_rejects_bad_depth_and_budget():
         bfs((), propose_bits, prefix_value, breadth=1, depth=0)
     with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
         dfs((), propose_bits, prefix_value, depth=2, is_goal=bool, max_steps=0)
+
+
+# ---- Game of 24 with the exact solver as the oracle: a failure here is a bug in the search, not the model ----
+
+def _oracle_value(state):
+    from labkit.reasoning import game24
+
+    return float(game24.is_solvable(state))
+
+
+def _solvable_puzzles():
+    from labkit.reasoning import game24
+
+    return [p for p in game24.all_puzzles() if game24.is_solvable(game24.start(p))]
+
+
+def test_with_the_oracle_bfs_and_dfs_solve_every_solvable_puzzle():
+    from labkit.reasoning import game24
+
+    puzzles = _solvable_puzzles()
+    assert len(puzzles) == 1362
+    for p in puzzles:
+        for search in (bfs(game24.start(p), game24.next_steps, _oracle_value, breadth=1, depth=3,
+                           is_goal=game24.is_solved),
+                       dfs(game24.start(p), game24.next_steps, _oracle_value, depth=3, is_goal=game24.is_solved)):
+            assert search.solved, p
+            verdict = game24.check_expression(game24.expression(search.solutions[0]), p)
+            assert verdict.ok, (p, verdict)
+
+
+def test_with_the_oracle_dfs_never_backtracks_and_bfs_finds_nothing_on_unsolvable_puzzles():
+    from labkit.reasoning import game24
+
+    p = (1, 1, 1, 1)
+    assert not bfs(game24.start(p), game24.next_steps, _oracle_value, breadth=5, depth=3,
+                   is_goal=game24.is_solved).solved
+    search = dfs(game24.start(p), game24.next_steps, _oracle_value, depth=3, is_goal=game24.is_solved)
+    assert not search.solved and search.proposals == 1   # every child of the root is pruned
+    search = dfs(game24.start((4, 9, 10, 13)), game24.next_steps, _oracle_value, depth=3, is_goal=game24.is_solved)
+    assert search.proposals == 3   # exact values: straight down, one expansion per level

@@ -51,6 +51,7 @@ class Node(Generic[S]):
     state: S
     value: float | None
     status: str = "kept"
+    visits: int | None = None   # MCTS only: how often the node was on a selected path
 
 
 @dataclass
