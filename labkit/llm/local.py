@@ -31,7 +31,7 @@ import torch
 from ..kvcache import DecodeStep, KVCache
 from ..llama import Llama
 from ..sampling import probabilities, sample_next
-from .base import LLM, Completion, Constraint, Message, cut_at_stop
+from .base import LLM, Completion, Constraint, Message, Prompt, check_prompt, cut_at_stop
 
 _LOADED: dict[str, tuple[Llama, object]] = {}  # folder -> (model, tokenizer): load once per process
 
@@ -103,9 +103,10 @@ class LocalLLM(LLM):
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
-    def format(self, prompt: str | list[Message]) -> str:
+    def format(self, prompt: Prompt) -> str:
         """The text the model reads: a string as it is; chat messages through the model's chat template,
         ending with the start of the assistant's turn."""
+        prompt = check_prompt(prompt)
         if isinstance(prompt, str):
             return prompt
         messages = [{"role": m.role, "content": m.content} for m in prompt]
