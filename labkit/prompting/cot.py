@@ -16,11 +16,16 @@ the local SmolLM2 or on any bigger model behind LABKIT_LLM_URL.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
 from fractions import Fraction
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from labkit.llm import LLM
 
 # a number as a model writes it: optional sign, digits with optional thousands commas, optional decimals
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -173,3 +178,141 @@ def mcnemar_exact(b: int, c: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
     return min(1.0, float(Fraction(2 * tail, 2 ** n)))
+
+
+# ---- the experiment: direct vs chain-of-thought vs self-consistency on the course's word problems ----------------
+
+PROBLEMS = Path(__file__).resolve().parents[2] / "data" / "word-problems" / "problems.jsonl"
+STOP = ("\n\n", "\nQ:")                  # a chain ends where the next few-shot question would begin
+ZERO_SHOT_TRIGGER = "Let's think step by step."   # Kojima et al. 2022
+ANSWER_TRIGGER = "\nTherefore, the answer is"     # their second stage: read the answer out of the chain
+
+
+def load_problems(split: str = "eval", path: Path = PROBLEMS) -> list[dict]:
+    """The course's word problems: split "eval" (64, 16 per number of steps 1-4) or "exemplar" (the 4 worked
+    solutions the few-shot prompts show, never evaluated)."""
+    if split not in ("eval", "exemplar"):
+        raise ValueError(f"split must be 'eval' or 'exemplar', got {split!r}")
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["split"] == split]
+
+
+def _question(problem: Mapping) -> str:
+    q = problem.get("question") if isinstance(problem, Mapping) else None
+    if not isinstance(q, str) or not q:
+        raise ValueError(f"a problem must be a dict with a non-empty 'question', got {problem!r:.80}")
+    return q
+
+
+def direct_prompt(problem: Mapping, exemplars: Sequence[Mapping]) -> str:
+    """Few-shot, answers only: each exemplar shows 'The answer is N.' and nothing before it."""
+    shots = "".join(f"Q: {_question(e)}\nA: The answer is {e['answer']}.\n\n" for e in exemplars)
+    return f"{shots}Q: {_question(problem)}\nA:"
+
+
+def cot_prompt(problem: Mapping, exemplars: Sequence[Mapping]) -> str:
+    """Few-shot chain-of-thought: the same exemplars, each with its worked solution ending 'The answer is N.'"""
+    shots = "".join(f"Q: {_question(e)}\nA: {e['solution']}\n\n" for e in exemplars)
+    return f"{shots}Q: {_question(problem)}\nA:"
+
+
+def zero_shot_prompt(problem: Mapping) -> str:
+    """Zero-shot chain-of-thought: no exemplars, only the trigger sentence after the question."""
+    return f"Q: {_question(problem)}\nA: {ZERO_SHOT_TRIGGER}"
+
+
+def cot_run(llm: LLM | None = None, *, n: int = 16, temperature: float = 0.7, max_tokens: int = 80, seed: int = 0,
+            limit: int | None = None, progress: bool = True) -> dict:
+    """Saved run `10-cot`: on every evaluation problem, greedy direct answering, greedy zero-shot and few-shot
+    CoT, and n sampled few-shot CoT chains (seed + the problem's index), as a plain dict of texts and answers.
+    `summarize(record)` turns it into the chapter's tables. Any `labkit.llm` backend works (default: connect())."""
+    from labkit.llm import connect
+
+    llm = llm if llm is not None else connect()
+    exemplars, problems = load_problems("exemplar"), load_problems("eval")[:limit]
+    rows = []
+    bar = problems
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(problems, desc="word problems")
+    for i, p in enumerate(bar):
+        row: dict = {"id": p["id"], "steps": p["steps"], "gold": p["answer"]}
+        out = llm.generate(direct_prompt(p, exemplars), max_tokens=10, stop=("\n",))[0]
+        row["direct"] = {"text": out.text, "answer": extract_answer(out.text)[0], "logprob": out.logprob}
+        if llm.supports_logprobs:   # how likely the right answer was, direct: the live slice re-scores it
+            row["direct"]["gold_logprob"] = llm.logprobs(direct_prompt(p, exemplars),
+                                                         [f" The answer is {p['answer']}."])[0]
+        chain = llm.generate(zero_shot_prompt(p), max_tokens=max_tokens, stop=STOP)[0]
+        said = llm.generate(zero_shot_prompt(p) + chain.text + ANSWER_TRIGGER, max_tokens=8, stop=STOP + ("\n",))[0]
+        row["zero_shot"] = {"text": chain.text, "finish": chain.finish_reason, "answer_text": said.text,
+                            "answer": extract_answer(said.text)[0]}
+        greedy = llm.generate(cot_prompt(p, exemplars), max_tokens=max_tokens, stop=STOP)[0]
+        row["cot"] = {"text": greedy.text, "finish": greedy.finish_reason, **_answer(greedy.text)}
+        chains = llm.generate(cot_prompt(p, exemplars), max_tokens=max_tokens, stop=STOP, n=n,
+                              temperature=temperature, seed=seed + i)
+        row["chains"] = [{"text": c.text, "finish": c.finish_reason, "tokens": c.tokens, **_answer(c.text)}
+                         for c in chains]
+        rows.append(row)
+    return {"model": llm.name, "n": n, "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
+            "stop": list(STOP), "exemplars": [e["id"] for e in exemplars], "problems": rows,
+            "usage": {"calls": llm.usage.calls, "prompt_tokens": llm.usage.prompt_tokens,
+                      "completion_tokens": llm.usage.completion_tokens}}
+
+
+def _answer(text: str) -> dict:
+    answer, how = extract_answer(text)
+    return {"answer": answer, "how": how}
+
+
+METHODS = ("direct", "zero-shot CoT", "few-shot CoT", "one sampled chain", "vote of 16 chains")
+
+
+def summarize(record: Mapping) -> dict:
+    """The chapter's tables from a `cot_run` record (pure counting, so it prints the same on every CPU).
+
+    per problem: correct (bool) for direct / zero-shot / few-shot CoT, p = the share of its n chains that are
+    right, and the vote's credit at k = n. maj@k is averaged over all k-subsets of each problem's chains
+    (`expected_maj_at_k`), then over problems; "binomial" is the two-answer idealisation at each problem's p.
+    Paired tests compare each method with direct answering; for the vote, a problem counts as right when gold
+    is the sole winner (a tie counts as wrong, so the test cannot flatter the vote)."""
+    rows = record["problems"]
+    if not rows:
+        raise ValueError("the record has no problems")
+    n = len(rows[0]["chains"])
+    per = []
+    for r in rows:
+        answers = [c["answer"] for c in r["chains"]]
+        gold = r["gold"]
+        per.append({"id": r["id"], "steps": r["steps"],
+                    "direct": r["direct"]["answer"] == gold, "zero-shot CoT": r["zero_shot"]["answer"] == gold,
+                    "few-shot CoT": r["cot"]["answer"] == gold,
+                    "p": sum(a == gold for a in answers) / n,
+                    "vote credit": maj_at_k_credit(answers, gold),
+                    "vote sole winner": majority_vote(answers) == [gold],
+                    "distinct answers": len({a for a in answers if a is not None}),
+                    "maj@k": [float(expected_maj_at_k(answers, gold, k)) for k in range(1, n + 1)]})
+
+    def table(subset: list[dict]) -> dict:
+        m = len(subset)
+        return {"problems": m,
+                "direct": sum(x["direct"] for x in subset) / m,
+                "zero-shot CoT": sum(x["zero-shot CoT"] for x in subset) / m,
+                "few-shot CoT": sum(x["few-shot CoT"] for x in subset) / m,
+                "one sampled chain": sum(x["p"] for x in subset) / m,
+                "vote of 16 chains": sum(x["vote credit"] for x in subset) / m}
+
+    paired = {}
+    for name, key in (("zero-shot CoT", "zero-shot CoT"), ("few-shot CoT", "few-shot CoT"),
+                      ("vote of 16 chains", "vote sole winner")):
+        b, c = discordant_pairs([x["direct"] for x in per], [x[key] for x in per])
+        paired[name] = {"direct only": b, "method only": c, "p_value": mcnemar_exact(b, c)}
+    how = Counter(c["how"] for r in rows for c in r["chains"])
+    return {
+        "n": n, "per_problem": per, "overall": table(per),
+        "by_steps": {s: table([x for x in per if x["steps"] == s]) for s in sorted({x["steps"] for x in per})},
+        "maj_at_k": [sum(x["maj@k"][k] for x in per) / len(per) for k in range(n)],
+        "binomial": [sum(binomial_majority(x["p"], k) for x in per) / len(per) for k in range(1, n + 1)],
+        "paired": paired,
+        "extraction": {h: how.get(h, 0) for h in ("answer is", "last number", "none")},
+        "cut_by_max_tokens": sum(c["finish"] == "length" for r in rows for c in r["chains"]),
+    }
