@@ -217,3 +217,14 @@ RUNS["09-reward"] = _reward
 # the SmolLM2 and LoRA code under them is checked by the notebook's live slices (they assert the saved numbers)
 MEASURES["09-dpo"] = ("labkit/finetune/dpo.py",)
 MEASURES["09-reward"] = ("labkit/finetune/reward.py", "labkit/finetune/dpo.py")
+
+
+def _cot() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.prompting.cot import cot_run
+
+    return cot_run(), {}
+
+
+RUNS["10-cot"] = _cot
+# the notebook's live slice re-scores recorded direct answers and re-decodes a few greedy ones on SmolLM2
+MEASURES["10-cot"] = ("labkit/prompting/cot.py", "data/word-problems")
