@@ -228,3 +228,14 @@ def _cot() -> tuple[dict, dict[str, torch.Tensor]]:
 RUNS["10-cot"] = _cot
 # the notebook's live slice re-scores recorded direct answers and re-decodes a few greedy ones on SmolLM2
 MEASURES["10-cot"] = ("labkit/prompting/cot.py", "data/word-problems")
+
+
+def _icl() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.prompting.icl import chapter10_icl_run
+
+    return chapter10_icl_run()
+
+
+RUNS["10-icl"] = _icl
+# SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (one k = 2 prompt re-scored)
+MEASURES["10-icl"] = ("labkit/prompting/icl.py", "data/classification")

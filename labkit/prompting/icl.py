@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -129,3 +130,114 @@ def evaluate(llm: LLM, demos: Sequence[dict], queries: Sequence[dict],
     return {"probs": probs, "content_free": p_cf, "calibrated": calibrated, "gold": gold,
             "accuracy": float((probs.argmax(1) == gold).float().mean()),
             "calibrated_accuracy": float((calibrated.argmax(1) == gold).float().mean())}
+
+
+# ---- the experiment (saved run 10-icl) ------------------------------------------------------------------------------
+
+def eval_queries(per_label: int = 15) -> list[dict]:
+    """The first `per_label` test sentences of each label, in file order (a balanced subset of the test split)."""
+    if isinstance(per_label, bool) or not isinstance(per_label, int) or not 1 <= per_label <= 20:
+        raise ValueError(f"per_label must be an int in 1..20 (the test split has 20 per label), got {per_label!r}")
+    seen: Counter[str] = Counter()
+    out = []
+    for r in load_classification("test"):
+        seen[r["label"]] += 1
+        if seen[r["label"]] <= per_label:
+            out.append(r)
+    return out
+
+
+def label_shares(preds: Sequence[int], n_labels: int = len(LABELS)) -> list[float]:
+    """The fraction of predictions that are each label (label indices in, one share per label out)."""
+    if not preds:
+        raise ValueError("preds is empty")
+    return [sum(p == j for p in preds) / len(preds) for j in range(n_labels)]
+
+
+def bias_summary(record: dict) -> dict:
+    """Majority-label and recency bias from a saved icl_run record, raw and calibrated.
+
+    majority: the share of predictions that are the demonstrations' majority label, against the share of that
+      same label when it is a minority (the other skewed prompts) -- each label counted once as each.
+    recency: the share of predictions that are the last demonstration's label, against the share of that label
+      in the orders where it is not last (the same four demonstrations, rotated)."""
+    out = {}
+    for kind, key in (("majority", "majority"), ("recency", "last")):
+        configs = record[kind]
+        for preds in ("preds", "calibrated_preds"):
+            hit, other = [], []
+            for c in configs:
+                j = record["labels"].index(c[key])
+                hit.append(label_shares(c[preds])[j])
+                other += [label_shares(o[preds])[j] for o in configs if o[key] != c[key]]
+            out[f"{kind}_{preds}"] = {"when_favoured": round(sum(hit) / len(hit), 6),
+                                      "otherwise": round(sum(other) / len(other), 6)}
+    return out
+
+
+def _summary(values: Sequence[float]) -> dict:
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": round(float(t.mean()), 6), "std": round(float(t.std(correction=0)), 6),
+            "min": round(float(t.min()), 6), "max": round(float(t.max()), 6)}
+
+
+def _config(llm: LLM, demos: list[dict], queries: list[dict], **about) -> dict:
+    """One evaluation, as plain numbers: predictions raw and calibrated, and the content-free distribution."""
+    r = evaluate(llm, demos, queries)
+    raw, cal = r["probs"].argmax(1), r["calibrated"].argmax(1)
+    return {**about, "demo_ids": [d["id"] for d in demos], "demo_labels": [d["label"] for d in demos],
+            "accuracy": r["accuracy"], "calibrated_accuracy": r["calibrated_accuracy"],
+            "preds": raw.tolist(), "calibrated_preds": cal.tolist(),
+            "content_free": [round(float(p), 6) for p in r["content_free"]], "_probs": r["probs"]}
+
+
+def icl_run(llm: LLM | None = None, seed: int = 0, shots: Sequence[int] = (0, 1, 2, 4, 8), draws: int = 5,
+            per_label: int = 15, slice_k: int = 2, slice_queries: int = 10, progress: bool = True) -> dict:
+    """The chapter's ICL measurements as a plain dict (saved run 10-icl). Every draw is seeded from `seed`.
+
+    sweep: for k in shots and each of `draws` draws (k = 0 has one: there is nothing to draw), balanced
+      demonstrations in a random order; accuracy before and after contextual calibration.
+    majority: 8 demonstrations, 5 of one label and 1 of each other, each label the majority once.
+    recency: one demonstration per label in four orders (a cyclic rotation), each label last once.
+    slice: the label probabilities of the first `slice_queries` queries in the k = slice_k, draw 0 prompt, for
+      the notebook's live re-run.
+    """
+    from tqdm.auto import tqdm
+
+    from labkit.llm import connect
+
+    llm = llm if llm is not None else connect()
+    pool, queries = load_classification("train"), eval_queries(per_label)
+    plan = [("sweep", k, d) for k in shots for d in range(1 if k == 0 else draws)]
+    plan += [("majority", 8, i) for i in range(len(LABELS))] + [("recency", 4, i) for i in range(len(LABELS))]
+    sweep, majority, recency, slice_ = [], [], [], None
+    recency_demos = draw_demos(pool, {label: 1 for label in LABELS}, seed + 2000)
+    for kind, k, i in tqdm(plan, desc="prompts", disable=not progress):
+        if kind == "sweep":
+            s = seed + 100 * k + i  # one seed per (k, draw): adding a k leaves the other draws as they were
+            out = _config(llm, draw_demos(pool, balanced_counts(k, s), s), queries, k=k, draw=i)
+            if k == slice_k and i == 0:
+                slice_ = {"k": k, "draw": 0, "query_ids": [q["id"] for q in queries[:slice_queries]],
+                          "probs": [[round(float(p), 6) for p in row] for row in out["_probs"][:slice_queries]]}
+            sweep.append(out)
+        elif kind == "majority":
+            counts = {label: 5 if j == i else 1 for j, label in enumerate(LABELS)}
+            majority.append(_config(llm, draw_demos(pool, counts, seed + 1000 + i), queries, majority=LABELS[i]))
+        else:
+            # rotate the same four demonstrations so that recency_demos[i] comes last
+            order = recency_demos[i + 1:] + recency_demos[:i + 1]
+            recency.append(_config(llm, order, queries, last=order[-1]["label"]))
+    for config in sweep + majority + recency:
+        del config["_probs"]
+    summary = {str(k): {"accuracy": _summary([c["accuracy"] for c in sweep if c["k"] == k]),
+                        "calibrated_accuracy": _summary([c["calibrated_accuracy"] for c in sweep if c["k"] == k])}
+               for k in shots}
+    return {"seed": seed, "model": llm.name, "labels": list(LABELS), "instruction": INSTRUCTION,
+            "content_free_inputs": list(CONTENT_FREE), "query_ids": [q["id"] for q in queries],
+            "gold": [LABELS.index(q["label"]) for q in queries], "shots": list(shots), "draws": draws,
+            "sweep": sweep, "summary": summary, "majority": majority, "recency": recency, "slice": slice_}
+
+
+def chapter10_icl_run() -> tuple[dict, dict]:
+    """Saved run 10-icl: icl_run on the local SmolLM2 (no tensors)."""
+    return icl_run(), {}
