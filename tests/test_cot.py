@@ -195,3 +195,113 @@ def test_discordant_pairs():
         discordant_pairs([True], [True, False])
     with pytest.raises(ValueError, match="b must be a count"):
         mcnemar_exact(-1, 2)
+
+
+# ---- the word problems -----------------------------------------------------------------------------------------
+
+def _value(node):
+    """Exact value of an expression of whole numbers and + - * / (the data's `expression`), without eval."""
+    import ast
+    if isinstance(node, ast.Expression):
+        return _value(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return Fraction(node.value)
+    ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a / b}
+    assert isinstance(node, ast.BinOp) and type(node.op) in ops, ast.dump(node)
+    return ops[type(node.op)](_value(node.left), _value(node.right))
+
+
+def test_word_problems_answers_and_steps():
+    import ast
+    from labkit.prompting.cot import load_problems
+    problems, exemplars = load_problems("eval"), load_problems("exemplar")
+    assert len(problems) == 64 and len(exemplars) == 4
+    assert len({p["id"] for p in problems + exemplars}) == 68
+    assert sorted(p["steps"] for p in problems) == [s for s in (1, 2, 3, 4) for _ in range(16)]
+    for p in problems + exemplars:
+        tree = ast.parse(p["expression"], mode="eval")
+        value = _value(tree)
+        assert value.denominator == 1 and str(value.numerator) == p["answer"], p["id"]
+        assert p["steps"] == sum(isinstance(n, ast.BinOp) for n in ast.walk(tree)), p["id"]
+        # every intermediate result is a whole number >= 0
+        assert all(_value(n).denominator == 1 and _value(n) >= 0 for n in ast.walk(tree) if isinstance(n, ast.BinOp))
+    for e in exemplars:
+        assert e["solution"].endswith(f"The answer is {e['answer']}.")
+        assert extract_answer(e["solution"]) == (e["answer"], "answer is")
+    assert {p["question"] for p in problems}.isdisjoint(e["question"] for e in exemplars)
+    with pytest.raises(ValueError, match="split must be"):
+        load_problems("train")
+
+
+def test_prompts():
+    from labkit.prompting.cot import ZERO_SHOT_TRIGGER, cot_prompt, direct_prompt, load_problems, zero_shot_prompt
+    problem, exemplars = load_problems("eval")[0], load_problems("exemplar")
+    direct, cot = direct_prompt(problem, exemplars), cot_prompt(problem, exemplars)
+    assert direct.endswith(f"Q: {problem['question']}\nA:") and cot.endswith(f"Q: {problem['question']}\nA:")
+    for e in exemplars:
+        assert f"A: The answer is {e['answer']}.\n\n" in direct and e["solution"] not in direct
+        assert f"A: {e['solution']}\n\n" in cot
+    assert zero_shot_prompt(problem) == f"Q: {problem['question']}\nA: {ZERO_SHOT_TRIGGER}"
+    with pytest.raises(ValueError, match="non-empty 'question'"):
+        direct_prompt({"answer": "3"}, exemplars)
+
+
+# ---- the experiment, on a scripted model (no SmolLM2) ----------------------------------------------------------
+
+class ScriptedLLM:
+    """A stand-in for labkit.llm: greedy replies and sampled chains chosen by the problem, so that every number
+    summarize() reports is known in advance."""
+
+    name, supports_logprobs = "scripted", True
+
+    def __init__(self, problems):
+        from labkit.llm import Usage
+        self.usage = Usage()
+        self.gold = {p["question"]: p["answer"] for p in problems}
+
+    def _gold(self, prompt):
+        question = prompt.split("Q: ")[-1].split("\nA:")[0]
+        return self.gold[question], int(question == list(self.gold)[0])
+
+    def generate(self, prompt, *, max_tokens=64, temperature=0.0, stop=(), n=1, seed=0):
+        from labkit.llm import Completion
+        gold, first = self._gold(prompt)
+        if n > 1:   # the first problem: 9 of 16 chains right; the others: 3 right, the rest split over 13 answers
+            right = 9 if first else 3
+            texts = [f"So {gold}. The answer is {gold}." if i < right else f"The answer is {1000 + i}."
+                     for i in range(n)]
+            return [Completion(t, 5, "stop") for t in texts]
+        if prompt.endswith("Let's think step by step."):
+            return [Completion(" I am lost", 3, "length")]
+        if prompt.endswith("the answer is"):
+            return [Completion(" 0.", 2, "stop")]
+        direct = "A: The answer is" in prompt   # direct_prompt's exemplars show only the answer
+        text = f" The answer is {gold}." if direct or first else " The answer is 1."
+        return [Completion(text, 5, "stop", logprob=-1.0)]
+
+    def logprobs(self, prompt, continuations):
+        return [-2.0 for _ in continuations]
+
+
+def test_cot_run_and_summarize_on_a_scripted_model():
+    from labkit.prompting.cot import cot_run, load_problems, summarize
+    problems = load_problems("eval")[:3]
+    record = cot_run(ScriptedLLM(problems), limit=3, progress=False)
+    assert [r["id"] for r in record["problems"]] == [p["id"] for p in problems]
+    assert record["problems"][0]["direct"] == {"text": f" The answer is {problems[0]['answer']}.",
+                                               "answer": problems[0]["answer"], "logprob": -1.0,
+                                               "gold_logprob": -2.0}
+    s = summarize(record)
+    assert s["overall"]["direct"] == 1.0 and s["overall"]["zero-shot CoT"] == 0.0
+    assert s["overall"]["few-shot CoT"] == pytest.approx(1 / 3)
+    assert s["overall"]["one sampled chain"] == pytest.approx((9 + 3 + 3) / 48)
+    # 3 right of 16 still wins a plurality when the 13 wrong chains all disagree: the vote is right everywhere
+    assert s["overall"]["vote of 16 chains"] == 1.0
+    assert s["maj_at_k"][0] == pytest.approx(s["overall"]["one sampled chain"])
+    assert s["maj_at_k"][-1] == pytest.approx(s["overall"]["vote of 16 chains"])
+    assert s["binomial"][-1] < 0.5   # the two-answer idealisation says p = 3/16 should lose
+    assert s["paired"]["few-shot CoT"] == {"direct only": 2, "method only": 0, "p_value": 0.5}
+    assert s["paired"]["vote of 16 chains"] == {"direct only": 0, "method only": 0, "p_value": 1.0}
+    assert s["extraction"] == {"answer is": 48, "last number": 0, "none": 0}
+    assert s["by_steps"] == {1: s["overall"]}
