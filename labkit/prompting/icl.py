@@ -134,7 +134,7 @@ def evaluate(llm: LLM, demos: Sequence[dict], queries: Sequence[dict],
 
 # ---- the experiment (saved run 10-icl) ------------------------------------------------------------------------------
 
-def eval_queries(per_label: int = 15) -> list[dict]:
+def eval_queries(per_label: int = 10) -> list[dict]:
     """The first `per_label` test sentences of each label, in file order (a balanced subset of the test split)."""
     if isinstance(per_label, bool) or not isinstance(per_label, int) or not 1 <= per_label <= 20:
         raise ValueError(f"per_label must be an int in 1..20 (the test split has 20 per label), got {per_label!r}")
@@ -192,7 +192,7 @@ def _config(llm: LLM, demos: list[dict], queries: list[dict], **about) -> dict:
 
 
 def icl_run(llm: LLM | None = None, seed: int = 0, shots: Sequence[int] = (0, 1, 2, 4, 8), draws: int = 5,
-            per_label: int = 15, slice_k: int = 2, slice_queries: int = 10, progress: bool = True) -> dict:
+            per_label: int = 10, slice_k: int = 2, slice_queries: int = 10, progress: bool = True) -> dict:
     """The chapter's ICL measurements as a plain dict (saved run 10-icl). Every draw is seeded from `seed`.
 
     sweep: for k in shots and each of `draws` draws (k = 0 has one: there is nothing to draw), balanced
