@@ -305,3 +305,25 @@ def test_cot_run_and_summarize_on_a_scripted_model():
     assert s["paired"]["vote of 16 chains"] == {"direct only": 0, "method only": 0, "p_value": 1.0}
     assert s["extraction"] == {"answer is": 48, "last number": 0, "none": 0}
     assert s["by_steps"] == {1: s["overall"]}
+
+
+# ---- the saved run 10-cot: a slice re-run on SmolLM2 -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_saved_run_direct_answers_reproduce():
+    """Two problems of the saved run: the gold answer's log-probability and the greedy direct answer, live."""
+    from labkit.course import saved
+    from labkit.llm.local import LocalLLM
+    from labkit.prompting.cot import direct_prompt, load_problems
+
+    try:
+        record = saved.load("10-cot").record
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    llm, problems, exemplars = LocalLLM.smollm2(), load_problems("eval"), load_problems("exemplar")
+    for i in (0, 40):
+        prompt, row = direct_prompt(problems[i], exemplars), record["problems"][i]
+        assert row["id"] == problems[i]["id"]
+        gold = llm.logprobs(prompt, [f" The answer is {problems[i]['answer']}."])[0]
+        assert abs(gold - row["direct"]["gold_logprob"]) < 1e-3
+        assert llm.generate(prompt, max_tokens=10, stop=("\n",))[0].text == row["direct"]["text"]
