@@ -239,3 +239,15 @@ def _icl() -> tuple[dict, dict[str, torch.Tensor]]:
 RUNS["10-icl"] = _icl
 # SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (one k = 2 prompt re-scored)
 MEASURES["10-icl"] = ("labkit/prompting/icl.py", "data/classification")
+
+
+def _search() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.reasoning.prompts24 import search_run
+
+    return search_run()
+
+
+RUNS["11-search"] = _search
+# SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (a recorded greedy proposal re-run)
+MEASURES["11-search"] = ("labkit/reasoning/prompts24.py", "labkit/reasoning/tot.py", "labkit/reasoning/mcts.py",
+                         "labkit/reasoning/got.py", "labkit/reasoning/game24.py")

@@ -121,9 +121,11 @@ class ModelSorter:
     def __init__(self, llm, max_tokens: int = 120) -> None:
         self.llm, self.max_tokens, self.malformed = llm, max_tokens, 0
 
-    def _ask(self, prompt: str) -> list[int]:
-        text = self.llm.generate(prompt, max_tokens=self.max_tokens, stop=["]"])[0].text
-        out = parse_list(text + "]")
+    def _ask(self, prompt: str, length: int) -> list[int]:
+        # about two tokens per element ("7", ", "), plus slack: a reply that runs on is cut, not waited for
+        budget = min(self.max_tokens, 2 * length + 8)
+        text = self.llm.generate(prompt, max_tokens=budget, stop=["]"])[0].text
+        out = parse_list("[" + text + "]")   # the prompt opened the bracket; the stop string closed it
         if out is None:
             self.malformed += 1
             return []
@@ -134,17 +136,18 @@ class ModelSorter:
         return "[" + ", ".join(map(str, xs)) + "]"
 
     def sort(self, xs: list[int]) -> list[int]:
-        return self._ask("Sort the numbers in ascending order.\n\n" + self.SHOTS + f"Input: {self._fmt(xs)}\nOutput: [")
+        return self._ask("Sort the numbers in ascending order.\n\n" + self.SHOTS
+                         + f"Input: {self._fmt(xs)}\nOutput: [", len(xs))
 
     def merge(self, a: list[int], b: list[int]) -> list[int]:
         return self._ask("Merge two sorted lists into one sorted list.\n\n"
                          "Input: [1, 4, 5] and [0, 4, 9]\nOutput: [0, 1, 4, 4, 5, 9]\n\n"
-                         f"Input: {self._fmt(a)} and {self._fmt(b)}\nOutput: [")
+                         f"Input: {self._fmt(a)} and {self._fmt(b)}\nOutput: [", len(a) + len(b))
 
     def refine(self, given: list[int], attempt: list[int]) -> list[int]:
         return self._ask("Fix the sorted list: it must hold exactly the input's numbers, in ascending order.\n\n"
                          "Input: [3, 1, 2, 2]\nAttempt: [1, 2, 3]\nOutput: [1, 2, 2, 3]\n\n"
-                         f"Input: {self._fmt(given)}\nAttempt: {self._fmt(attempt)}\nOutput: [")
+                         f"Input: {self._fmt(given)}\nAttempt: {self._fmt(attempt)}\nOutput: [", len(given))
 
 
 def _best(given: list[int], attempts: list[list[int]]) -> list[int]:
@@ -194,3 +197,29 @@ def got_sort(xs: Sequence[int], sorter: Sorter, chunks: int = 4, k: int = 3) -> 
             nxt_given.append(givens[-1])
         lists, givens = nxt, nxt_given
     return _best(xs, [lists[0]] + [sorter.refine(xs, lists[0]) for _ in range(k)])
+
+
+def compare(lists: Sequence[Sequence[int]], make_sorter, plans: dict) -> dict:
+    """Each plan {name: fn(xs, sorter)} on every list with a fresh sorter from make_sorter(): the errors per list,
+    how many came out exactly sorted, and the cost (`sorter.cost` for the oracle; the model's usage for a
+    ModelSorter, read before and after)."""
+    out = {}
+    for name, plan in plans.items():
+        sorter = make_sorter()
+        usage = getattr(getattr(sorter, "llm", None), "usage", None)
+        before = (usage.calls, usage.prompt_tokens, usage.completion_tokens) if usage else None
+        errors = [sort_errors(plan(list(xs), sorter), list(xs)) for xs in lists]
+        row = {"errors": errors, "exact": sum(e == 0 for e in errors)}
+        if usage is not None:
+            row.update(calls=usage.calls - before[0], prompt_tokens=usage.prompt_tokens - before[1],
+                       completion_tokens=usage.completion_tokens - before[2], malformed=sorter.malformed)
+        else:
+            row.update(calls=sorter.cost.calls, items=sorter.cost.items)
+        out[name] = row
+    return out
+
+
+def digit_lists(count: int, length: int, seed: int = 0) -> list[list[int]]:
+    """`count` seeded lists of `length` digits 0..9 (Besta et al. sort lists of digits too)."""
+    rng = np.random.default_rng(seed)
+    return [[int(v) for v in rng.integers(0, 10, length)] for _ in range(count)]

@@ -62,6 +62,7 @@ class Search(Generic[S]):
     solutions: list[S]
     proposals: int = 0
     evaluations: int = 0
+    frontier: list[S] = field(default_factory=list)   # BFS: the last beam, best first, goal or not
 
     def children(self, node_id: int) -> list[Node[S]]:
         return [n for n in self.nodes if n.parent == node_id]
@@ -103,7 +104,7 @@ def bfs(root: S, propose: Callable[[S], Sequence[S]], value: Callable[[S], float
         if n.depth == depth and is_goal(n.state):
             n.status = "solution"
             solutions.append(n.state)
-    return Search(nodes, solutions, cost["propose"], cost["value"])
+    return Search(nodes, solutions, cost["propose"], cost["value"], [n.state for n in frontier])
 
 
 def dfs(root: S, propose: Callable[[S], Sequence[S]], value: Callable[[S], float], *, depth: int,
