@@ -103,18 +103,21 @@ def test_cached_scores_equal_uncached(prefix, queries, labels):
 
 def test_usage_counts_only_the_tokens_run():
     llm = tiny()
-    llm.logprobs("a shared few-shot prefix: ", [" yes", " no", " maybe"])
-    prompt = len("a shared few-shot prefix: ")
-    # the first sequence runs in full; the next two reuse all of the prompt but its last token (whose logits
-    # score the continuation's first token) and run it again with the continuation
-    assert llm.usage.prompt_tokens == (prompt + 4) + (1 + 3) + (1 + 6)
+    prompt = "a shared few-shot prefix: "
+    llm.logprobs(prompt, [" yes", " no", " maybe"])
+    # the prompt runs once, and scores every continuation's first token; the continuations' other tokens
+    # run as one batch (the padding is not counted)
+    assert llm.usage.prompt_tokens == len(prompt) + 3 + 2 + 5
     assert llm.usage.calls == 1 and llm.usage.completion_tokens == 0
     uncached = tiny(cache_slots=0)
-    uncached.logprobs("a shared few-shot prefix: ", [" yes", " no", " maybe"])
-    assert uncached.usage.prompt_tokens == 3 * prompt + 4 + 3 + 6
+    uncached.logprobs(prompt, [" yes", " no", " maybe"])
+    assert uncached.usage.prompt_tokens == 3 * len(prompt) + 4 + 3 + 6  # every sequence in full
     llm.usage.reset()
-    llm.logprobs("a shared few-shot prefix: x", [" yes"])  # a new query after the shared prefix
-    assert llm.usage.prompt_tokens == 1 + 4
+    llm.logprobs(prompt + "x", [" yes"])  # a new query after the shared prefix: only "x" and "yes" run
+    assert llm.usage.prompt_tokens == 1 + 3
+    llm.usage.reset()
+    llm.logprobs(prompt + "x", ["!"])  # the same prompt again: its last token reruns (its logits score "!")
+    assert llm.usage.prompt_tokens == 1
 
 
 def test_lru_keeps_unrelated_prompts_apart():
@@ -124,8 +127,8 @@ def test_lru_keeps_unrelated_prompts_apart():
     llm.logprobs(second + "1", ["x"])  # shares nothing with the first: a second slot, the first one kept
     llm.usage.reset()
     llm.logprobs(first + "2", ["x"])
-    # the first family's slot survived: only "2" (the prompt's last token) and the continuation "x" run
-    assert llm.usage.prompt_tokens == 2
+    # the first family's slot survived: only "2" runs (its logits score the one-token continuation "x")
+    assert llm.usage.prompt_tokens == 1
     uncached = tiny(cache_slots=0)
     assert llm.logprobs(first + "2", ["x"]) == pytest.approx(uncached.logprobs(first + "2", ["x"]), abs=1e-4)
 

@@ -30,7 +30,7 @@ import torch
 
 from ..kvcache import DecodeStep, KVCache
 from ..llama import Llama
-from ..sampling import probabilities, sample_next
+from ..sampling import greedy, probabilities
 from .base import LLM, Completion, Constraint, Message, Prompt, check_prompt, cut_at_stop
 
 _LOADED: dict[str, tuple[Llama, object]] = {}  # folder -> (model, tokenizer): load once per process
@@ -171,15 +171,44 @@ class LocalLLM(LLM):
 
     def _logprobs(self, prompt: str | list[Message], continuations: list[str]) -> list[float]:
         """Prompt and continuation are tokenized separately and concatenated (see the module docstring); the
-        score is sum_i log softmax(logits)[token_i] over the continuation's tokens (temperature 1, unmasked)."""
-        prompt_ids = self.prompt_ids(prompt)
+        score is sum_i log softmax(logits)[token_i] over the continuation's tokens (temperature 1, unmasked).
+
+        With prefix caching, the prompt runs once (only the part no cache holds), its last position scores
+        every continuation's first token, and the continuations' other tokens run as one batch over copies of
+        the prompt's cache (right-padded: causal attention never lets a position see the padding after it;
+        the padding is not counted in usage). Without (cache_slots=0), each prompt + continuation runs in full,
+        one after the other: the baseline prefix caching is measured against."""
+        prompt_ids, conts = self.prompt_ids(prompt), [self.encode(text) for text in continuations]
+        if self.cache_slots == 0:
+            logits = [self._run(prompt_ids + c, need_from=len(prompt_ids) - 1)[1] for c in conts]
+        else:
+            slot, last = self._run(prompt_ids, need_from=len(prompt_ids) - 1)
+            longest = max(len(c) for c in conts)
+            tails = torch.zeros(len(conts), max(longest - 1, 1), dtype=torch.long)
+            for i, c in enumerate(conts):
+                tails[i, :len(c) - 1] = torch.tensor(c[:-1])  # token j of c is scored at position j - 1
+            rest = None
+            if longest > 1:
+                cache = self._copy_rows(slot, len(conts), extra=longest - 1)
+                with torch.no_grad():
+                    rest = self.model(tails, cache=cache)
+                self.usage.prompt_tokens += sum(len(c) - 1 for c in conts)
+            logits = [torch.cat([last, rest[i, :len(c) - 1]]) if rest is not None else last
+                      for i, c in enumerate(conts)]
         scores = []
-        for text in continuations:
-            cont = self.encode(text)
-            _, logits = self._run(prompt_ids + cont, need_from=len(prompt_ids) - 1)
-            logp = torch.log_softmax(logits[:len(cont)].double(), dim=-1)
-            scores.append(float(logp[torch.arange(len(cont)), torch.tensor(cont)].sum()))
+        for c, lg in zip(conts, logits):
+            logp = torch.log_softmax(lg[:len(c)].double(), dim=-1)
+            scores.append(float(logp[torch.arange(len(c)), torch.tensor(c)].sum()))
         return scores
+
+    def _copy_rows(self, slot: _Slot, rows: int, extra: int) -> KVCache:
+        """A new cache of `rows` rows, each holding a copy of the slot's sequence, with room for `extra` more."""
+        seen = slot.cache.seen
+        cache = KVCache(self.model.cfg, batch=rows, max_len=seen + extra)
+        cache.k[:, :, :, :seen] = slot.cache.k[:, :, :, :seen]  # broadcast: batch 1 -> rows
+        cache.v[:, :, :, :seen] = slot.cache.v[:, :, :, :seen]
+        cache.seen = seen
+        return cache
 
     def _generate(self, prompt: str | list[Message], *, max_tokens: int, temperature: float, top_k: int | None,
                   top_p: float | None, stop: tuple[str, ...], n: int, seed: int,
@@ -196,10 +225,7 @@ class LocalLLM(LLM):
         rows = 1 if temperature == 0 else n  # greedy: every sample is the same, decode it once
         slot, logits = self._run(ids, need_from=len(ids) - 1)
         # the prompt's cache, copied to `rows` rows (prefill ran once, at batch 1)
-        cache = KVCache(self.model.cfg, batch=rows, max_len=len(ids) + max_tokens)
-        cache.k[:, :, :, :len(ids)] = slot.cache.k[:, :, :, :len(ids)]
-        cache.v[:, :, :, :len(ids)] = slot.cache.v[:, :, :, :len(ids)]
-        cache.seen = len(ids)
+        cache = self._copy_rows(slot, rows, extra=max_tokens)
         logits = logits[-1:].expand(rows, -1)
         generator = torch.Generator().manual_seed(seed)
         constraints = [constraint() for _ in range(rows)] if constraint is not None else None
@@ -214,8 +240,11 @@ class LocalLLM(LLM):
                 if not mask.any(dim=-1).all():
                     raise RuntimeError("the constraint allows no token at all: it cannot finish its document")
                 logits = logits.masked_fill(~mask, float("-inf"))
-            token = sample_next(logits, temperature, top_k, top_p, generator if temperature > 0 else None)
-            dist = probabilities(logits, temperature, top_k, top_p) if temperature > 0 else torch.softmax(logits, -1)
+            if temperature > 0:  # the distribution sample_next draws from, computed once for the draw and its logprob
+                dist = probabilities(logits, temperature, top_k, top_p)
+                token = torch.multinomial(dist, 1, generator=generator)[:, 0]
+            else:
+                dist, token = torch.softmax(logits, dim=-1), greedy(logits)
             chosen = dist.gather(1, token[:, None])[:, 0].double().log()
             keep = []
             for i, r in enumerate(active):
