@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labkit.course.manifest import ROOT
-from labkit.prompting.icl import (CONTENT_FREE, INSTRUCTION, LABELS, balanced_counts, contextual_calibrate,
-                                  draw_demos, few_shot_prompt, format_example, load_classification)
+from labkit.prompting.icl import (CONTENT_FREE, INSTRUCTION, LABELS, balanced_counts, bias_summary,
+                                  contextual_calibrate, draw_demos, eval_queries, evaluate, few_shot_prompt,
+                                  format_example, label_probs, label_shares, load_classification)
 
 # ---- the data set -------------------------------------------------------------------------------------------------
 
@@ -140,3 +141,58 @@ def test_draw_errors():
 
 def test_content_free_inputs_are_the_papers():
     assert CONTENT_FREE == ("N/A", "", "[MASK]")
+
+
+def test_eval_queries_are_balanced_and_from_test():
+    q = eval_queries(10)
+    assert len(q) == 40 and Counter(r["label"] for r in q) == Counter({label: 10 for label in LABELS})
+    assert all(r["split"] == "test" for r in q)
+    assert eval_queries(3) == [r for r in q if sum(s["label"] == r["label"] for s in q[:q.index(r) + 1]) <= 3]
+    with pytest.raises(ValueError, match="per_label must be an int in 1..20"):
+        eval_queries(21)
+
+
+def test_label_shares_and_bias_summary():
+    assert label_shares([0, 0, 1, 3]) == [0.5, 0.25, 0.0, 0.25]
+    with pytest.raises(ValueError, match="preds is empty"):
+        label_shares([])
+    # two labels; predictions follow the majority label fully, and the last label half the time
+    record = {"labels": ["a", "b"],
+              "majority": [{"majority": "a", "preds": [0, 0], "calibrated_preds": [0, 1]},
+                           {"majority": "b", "preds": [1, 1], "calibrated_preds": [0, 1]}],
+              "recency": [{"last": "a", "preds": [0, 1], "calibrated_preds": [0, 1]},
+                          {"last": "b", "preds": [0, 1], "calibrated_preds": [0, 1]}]}
+    out = bias_summary(record)
+    assert out["majority_preds"] == {"when_favoured": 1.0, "otherwise": 0.0}
+    assert out["majority_calibrated_preds"] == {"when_favoured": 0.5, "otherwise": 0.5}
+    assert out["recency_preds"] == {"when_favoured": 0.5, "otherwise": 0.5}
+
+
+class _FakeLLM:
+    """Scores labels by a fixed lean plus one point for the right topic word in the query (no model)."""
+    name = "fake"
+
+    def logprobs(self, prompt, continuations):
+        query = prompt.rsplit("Sentence: ", 1)[1]
+        return [(1.5 if c == " sports" else 0.0) + (1.0 if c.strip() in query else 0.0) for c in continuations]
+
+
+def test_evaluate_calibration_removes_a_constant_lean():
+    queries = [{"text": f"about {label}", "label": label} for label in LABELS]
+    r = evaluate(_FakeLLM(), [], queries)
+    assert r["accuracy"] == 0.25  # the lean towards "sports" outweighs the evidence
+    assert r["calibrated_accuracy"] == 1.0  # the content-free inputs measure the lean; dividing it out fixes all
+    torch.testing.assert_close(r["probs"].sum(1), torch.ones(4, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_smollm2_label_probs_are_its_logprobs_renormalised():
+    from labkit.llm.local import LocalLLM
+
+    llm = LocalLLM.smollm2()
+    prompt = few_shot_prompt([], "The orchestra tuned up before the symphony began.")
+    p = label_probs(llm, prompt)
+    raw = torch.tensor(llm.logprobs(prompt, [" " + label for label in LABELS]), dtype=torch.float64)
+    # the second call runs from the prefix cache the first left: equal up to float32 rounding
+    torch.testing.assert_close(p, raw.exp() / raw.exp().sum(), rtol=0, atol=1e-5)
+    assert float(p.sum()) == pytest.approx(1.0)
