@@ -117,6 +117,13 @@ def balanced_counts(k: int, seed: int, labels: Sequence[str] = LABELS) -> dict[s
     return {label: k // len(labels) + (label in extra) for label in labels}
 
 
+def sweep_demos(pool: Sequence[dict], k: int, draw: int, seed: int = 0) -> list[dict]:
+    """The demonstrations of draw number `draw` with k shots in icl_run's sweep: balanced, in a random order.
+    One seed per (k, draw), so adding a k or a draw leaves the others as they were."""
+    s = seed + 100 * k + draw
+    return draw_demos(pool, balanced_counts(k, s), s)
+
+
 def evaluate(llm: LLM, demos: Sequence[dict], queries: Sequence[dict],
              labels: Sequence[str] = LABELS) -> dict:
     """Score every query after the same demonstrations, and the content-free inputs for calibration.
@@ -214,8 +221,7 @@ def icl_run(llm: LLM | None = None, seed: int = 0, shots: Sequence[int] = (0, 1,
     recency_demos = draw_demos(pool, {label: 1 for label in LABELS}, seed + 2000)
     for kind, k, i in tqdm(plan, desc="prompts", disable=not progress):
         if kind == "sweep":
-            s = seed + 100 * k + i  # one seed per (k, draw): adding a k leaves the other draws as they were
-            out = _config(llm, draw_demos(pool, balanced_counts(k, s), s), queries, k=k, draw=i)
+            out = _config(llm, sweep_demos(pool, k, i, seed), queries, k=k, draw=i)
             if k == slice_k and i == 0:
                 slice_ = {"k": k, "draw": 0, "query_ids": [q["id"] for q in queries[:slice_queries]],
                           "probs": [[round(float(p), 6) for p in row] for row in out["_probs"][:slice_queries]]}
