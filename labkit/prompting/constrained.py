@@ -56,7 +56,8 @@ KEYWORDS = {
     "null": {"type"},
 }
 SPACES = ("never", "optional", "always")
-MAX_INT_DIGITS, MAX_FRAC_DIGITS, MAX_EXP_DIGITS = 16, 16, 3  # bounded too: no runaway through digits
+MAX_INT_DIGITS, MAX_FRAC_DIGITS, MAX_EXP_DIGITS = 16, 21, 3  # bounded: no runaway through digits; enough for
+# every float Python writes (repr: at most 16 integer digits, then 1e+16; down to 0.0001 and 17 digits, then 1e-05)
 POP = "pop"
 
 
@@ -163,6 +164,11 @@ class String:
     def room(self, count: int) -> bool:
         return self.max_length is None or count < self.max_length
 
+    def more(self, count: int) -> int:
+        """count + 1, but without maxLength only minLength needs counting: saturating the count keeps the
+        states of a long free string equal, so their masks come from the cache."""
+        return count + 1 if self.max_length is not None or count < self.min_length else count
+
     def step(self, frame: tuple, b: int):
         i, phase, count, need, lo, hi = frame
         if phase == 0:
@@ -175,11 +181,11 @@ class String:
             if b < 0x20 or not self.room(count):  # raw control characters are not JSON
                 return None
             if b == 0x5C:
-                return (i, 2, count + 1, 0, 0, 0)
+                return (i, 2, self.more(count), 0, 0, 0)
             if b < 0x80:
-                return (i, 1, count + 1, 0, 0, 0)
+                return (i, 1, self.more(count), 0, 0, 0)
             lead = _utf8_lead(b)
-            return None if lead is None else (i, 1, count + 1, *lead)
+            return None if lead is None else (i, 1, self.more(count), *lead)
         if phase == 2:
             if b == 0x75:  # \uXXXX
                 return (i, 3, count, 0, 0, 0)
@@ -535,6 +541,27 @@ class _Trie:
         self.ends = [np.array(e, dtype=np.int64) if e else None for e in ends]
 
 
+class Vocabulary:
+    """A tokenizer's tokens as the mask needs them, built once and shared by every grammar: the bytes of each
+    token, the byte trie, and the 'plain' tokens (printable ASCII other than '"' and '\\') sorted by length."""
+
+    def __init__(self, vocab: Sequence[bytes | None], end_ids: Iterable[int] = ()) -> None:
+        self.tokens, self.end_ids = list(vocab), sorted(set(end_ids))
+        self.size = len(self.tokens)
+        usable = [i for i, t in enumerate(self.tokens) if t]
+        plain = [i for i in usable if all(0x20 <= b < 0x7F and b not in (0x22, 0x5C) for b in self.tokens[i])]
+        plain_set = set(plain)
+        self.trie = _Trie(self.tokens, usable)
+        self.rest = _Trie(self.tokens, [i for i in usable if i not in plain_set])
+        lengths = np.array([len(self.tokens[i]) for i in plain])
+        order = np.argsort(lengths, kind="stable")
+        self.plain_ids, self.plain_len = np.array(plain, dtype=np.int64)[order], lengths[order]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> Vocabulary:
+        return cls(token_bytes(tokenizer), end_ids(tokenizer))
+
+
 class TokenMasks:
     """mask(state): which tokens of a vocabulary the grammar allows next, equal to mask_step (a test checks)
     but fast: one walk of the token trie, pruned where the automaton says None, and cached per state.
@@ -543,18 +570,11 @@ class TokenMasks:
     (most of the vocabulary) are string content byte by byte, so they are allowed exactly when they fit
     maxLength; the trie walk then only covers the other tokens."""
 
-    def __init__(self, grammar: Grammar, vocab: Sequence[bytes | None], end_ids: Iterable[int] = (),
-                 cache_size: int = 4096) -> None:
-        self.grammar, self.vocab, self.end_ids = grammar, list(vocab), sorted(set(end_ids))
-        self.size, self.cache_size, self._cache = len(self.vocab), cache_size, {}
-        usable = [i for i, t in enumerate(self.vocab) if t]
-        plain = [i for i in usable if all(0x20 <= b < 0x7F and b not in (0x22, 0x5C) for b in self.vocab[i])]
-        plain_set = set(plain)
-        self.trie = _Trie(self.vocab, usable)
-        self.rest = _Trie(self.vocab, [i for i in usable if i not in plain_set])
-        lengths = np.array([len(self.vocab[i]) for i in plain])
-        order = np.argsort(lengths, kind="stable")
-        self.plain_ids, self.plain_len = np.array(plain, dtype=np.int64)[order], lengths[order]
+    def __init__(self, grammar: Grammar, vocab: Vocabulary, cache_size: int = 4096) -> None:
+        if not isinstance(vocab, Vocabulary):
+            raise TypeError(f"vocab must be a Vocabulary, got {type(vocab).__name__}")
+        self.grammar, self.vocab, self.cache_size, self._cache = grammar, vocab, cache_size, {}
+        self.size, self.end_ids = vocab.size, vocab.end_ids
 
     def _walk(self, trie: _Trie, state: tuple, out: np.ndarray) -> None:
         step, children, ends = self.grammar.step, trie.children, trie.ends
@@ -579,10 +599,11 @@ class TokenMasks:
         node = self.grammar.nodes[top[0]] if top else None
         if isinstance(node, String) and top[1] == 1 and top[3] == 0:  # inside a string, between characters
             room = np.inf if node.max_length is None else node.max_length - top[2]
-            out[self.plain_ids[:np.searchsorted(self.plain_len, room, side="right")]] = True
-            self._walk(self.rest, state, out)
+            v = self.vocab
+            out[v.plain_ids[:np.searchsorted(v.plain_len, room, side="right")]] = True
+            self._walk(v.rest, state, out)
         else:
-            self._walk(self.trie, state, out)
+            self._walk(self.vocab.trie, state, out)
         if len(self._cache) >= self.cache_size:
             self._cache.clear()
         self._cache[state] = np.packbits(out)
@@ -606,11 +627,12 @@ class JsonConstraint:
         return self.masks.allowed(self.state)
 
     def advance(self, token_id: int) -> None:
-        if not 0 <= token_id < self.masks.size or self.masks.vocab[token_id] is None:
+        tokens = self.masks.vocab.tokens
+        if not 0 <= token_id < self.masks.size or tokens[token_id] is None:
             raise ValueError(f"token {token_id} cannot be part of a JSON text (special or out of range)")
-        state = self.masks.grammar.walk(self.state, self.masks.vocab[token_id])
+        state = self.masks.grammar.walk(self.state, tokens[token_id])
         if state is None:
-            raise ValueError(f"token {token_id} ({self.masks.vocab[token_id]!r}) is not allowed after "
+            raise ValueError(f"token {token_id} ({tokens[token_id]!r}) is not allowed after "
                              f"{self.tokens} tokens: the mask should have removed it")
         self.state, self.tokens = state, self.tokens + 1
 
@@ -628,8 +650,10 @@ def end_ids(tokenizer) -> list[int]:
 
 def json_constraint(grammar: Grammar, tokenizer) -> Callable[[], JsonConstraint]:
     """The factory generate(constraint=...) takes: the token masks are built once and shared (with their cache)
-    by every sample; each call makes a fresh JsonConstraint at the grammar's start."""
+    by every sample; each call makes a fresh JsonConstraint at the grammar's start. `tokenizer` is a Hugging
+    Face byte-level BPE tokenizer, or a Vocabulary already built from one (building takes about a second)."""
     if not isinstance(grammar, Grammar):
         raise TypeError(f"grammar must come from compile_schema, got {type(grammar).__name__}")
-    masks = TokenMasks(grammar, token_bytes(tokenizer), end_ids(tokenizer))
+    vocab = tokenizer if isinstance(tokenizer, Vocabulary) else Vocabulary.from_tokenizer(tokenizer)
+    masks = TokenMasks(grammar, vocab)
     return lambda: JsonConstraint(masks)
