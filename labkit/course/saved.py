@@ -251,3 +251,15 @@ RUNS["11-search"] = _search
 # SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (a recorded greedy proposal re-run)
 MEASURES["11-search"] = ("labkit/reasoning/prompts24.py", "labkit/reasoning/tot.py", "labkit/reasoning/mcts.py",
                          "labkit/reasoning/got.py", "labkit/reasoning/game24.py")
+
+
+def _prompt_opt() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.prompting.optimize import prompt_opt_run
+
+    return prompt_opt_run()
+
+
+RUNS["10-prompt-opt"] = _prompt_opt
+# SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (the initial prompt re-scored on
+# ten held-out sentences, the synthetic bandit's UCB choices re-run)
+MEASURES["10-prompt-opt"] = ("labkit/prompting/optimize.py", "labkit/prompting/icl.py", "data/classification")
