@@ -141,3 +141,80 @@ def test_with_the_oracle_dfs_never_backtracks_and_bfs_finds_nothing_on_unsolvabl
     assert not search.solved and search.proposals == 1   # every child of the root is pruned
     search = dfs(game24.start((4, 9, 10, 13)), game24.next_steps, _oracle_value, depth=3, is_goal=game24.is_solved)
     assert search.proposals == 3   # exact values: straight down, one expansion per level
+
+
+# ---- the model's side (labkit.reasoning.prompts24): parsing never evaluates, and counts what is malformed ----
+
+def test_parse_proposals_keeps_checked_steps_and_counts_the_rest():
+    from labkit.reasoning import game24
+    from labkit.reasoning.prompts24 import parse_proposals
+
+    state = game24.start((2, 8, 8, 14))
+    text = ("2 + 8 = 10 (left: 8 10 14)\n"
+            "8 / 2 = 4 (left: 99)\n"          # a wrong "left" is ignored: the state is recomputed
+            "8 + 2 = 10 (left: 8 10 14)\n"    # the same numbers left as the first line: dropped
+            "14 - 8 = 5 (left: 2 5 8)\n"      # wrong arithmetic
+            "3 * 8 = 24 (left: 2 8 14 24)\n"  # 3 is not among the numbers
+            "__import__('os').system('echo hi') = 0\n")
+    children, bad = parse_proposals(text, state)
+    assert [c.left() for c in children] == ["8 10 14", "4 8 14"]
+    assert children[0].steps == ("2 + 8 = 10",)
+    assert bad == {"wrong arithmetic": 1, "numbers not available": 1, "unparseable": 1}
+    with pytest.raises(TypeError, match="state must be a game24.State"):
+        parse_proposals(text, (2, 8, 8, 14))
+
+
+def test_parse_proposals_reads_fractions_and_steps_rebuild_a_checked_expression():
+    from labkit.reasoning import game24
+    from labkit.reasoning.prompts24 import parse_proposals, solved_by
+
+    state = game24.start((3, 3, 8, 8))
+    for line in ("8 / 3 = 8/3", "3 - 8/3 = 1/3", "8 / 1/3 = 24"):
+        (state,), _ = parse_proposals(line, state)
+    assert state.numbers == (24,) and solved_by(state, (3, 3, 8, 8))
+
+
+def test_label_value_maps_the_words_like_the_paper():
+    from labkit.reasoning.prompts24 import label_value
+
+    assert label_value([0.0, -1e9, -1e9]) == pytest.approx(20.0)
+    assert label_value([-1e9, -1e9, 0.0]) == pytest.approx(0.001)
+    assert label_value([-1.0, -1.0, -1.0]) == pytest.approx((20 + 1 + 0.001) / 3)
+
+
+def test_vote_groups_answers_by_canonical_form_and_breaks_ties_by_first_seen():
+    from labkit.reasoning.prompts24 import vote
+
+    nums = (4, 9, 10, 13)
+    assert vote(["(13 - 9) * (10 - 4)", "junk", "(10 - 4) * (13 - 9)"], nums) == "(13 - 9) * (10 - 4)"
+    assert vote(["junk", "(13 - 9) * (10 - 4)"], nums) == "junk"
+
+
+def test_answer_line_and_the_puzzle_set_are_deterministic():
+    from labkit.reasoning import game24
+    from labkit.reasoning.prompts24 import BINS, answer_line, puzzle_set
+
+    assert answer_line("Steps:\n1 + 2 = 3\nAnswer: (1 + 2) * 8 = 24\nmore") == "(1 + 2) * 8 = 24"
+    assert answer_line("") == ""
+    first, again = puzzle_set(2), puzzle_set(2)
+    assert first == again and len(first) == 2 * len(BINS)
+    census = game24.census()
+    for k, (lo, hi) in enumerate(BINS):
+        assert all(lo <= census[p] <= hi for p in first[2 * k:2 * k + 2])
+
+
+@pytest.mark.slow
+def test_the_saved_runs_first_greedy_proposal_reproduces():
+    from labkit.course.saved import load
+    from labkit.llm import connect
+    from labkit.reasoning import game24
+    from labkit.reasoning.prompts24 import ModelThoughts
+
+    try:
+        record = load("11-search").record
+    except FileNotFoundError:
+        pytest.skip("results/11-search.json not saved yet")
+    thoughts = ModelThoughts(connect())
+    thoughts.propose(game24.start(record["first_proposal"]["numbers"]))
+    (text, *_), = thoughts._proposals.values()
+    assert text == record["first_proposal"]["text"]
