@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from labkit.prompting.constrained import (
-    JsonConstraint, TokenMasks, Vocabulary, check_output, compile_schema, end_ids, first_json, json_constraint, mask_step,
+    JsonConstraint, Number, String, TokenMasks, Vocabulary, check_output, compile_schema, end_ids, first_json, json_constraint, mask_step,
     schema_errors, token_bytes,
 )
 
@@ -432,3 +432,61 @@ def test_random_constrained_walks_are_schema_valid(masks, tok, vocab):
 def test_json_constraint_checks_its_grammar():
     with pytest.raises(TypeError, match="grammar must come from compile_schema"):
         json_constraint(PERSON, None)
+
+
+def xgrammar_allowed(matcher, bitmask) -> np.ndarray:
+    matcher.fill_next_token_bitmask(bitmask)
+    words = bitmask[0].numpy().view(np.uint32)
+    return ((words[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(bool).reshape(-1)[:49152]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space, separators", [("never", (",", ":")), ("always", (", ", ": "))])
+def test_agrees_with_xgrammar(space, separators, tok, voc):
+    """xgrammar 0.2.9 (same schema, same tokenizer, no free whitespace) allows the same tokens at every state
+    along a few documents, except where the two differ by design, each checked to be exactly that:
+    1. special tokens (<|im_start|>, ...): xgrammar lets their literal text into strings; we never emit them;
+    2. <|endoftext|> at the end: labkit.llm.local ends a sample on it as well as on <|im_end|>, so both are allowed;
+    3. in a string with maxLength, xgrammar allows raw control characters (invalid JSON: json.loads rejects
+       them) and no escapes; we allow escapes (one character each) and no raw controls;
+    4. "-0": JSON's number grammar allows it (it is the integer 0); xgrammar's integer rule does not."""
+    import xgrammar as xgr
+
+    compiled = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tok, vocab_size=49152)).compile_json_schema(
+        json.dumps(PERSON), any_whitespace=False, separators=separators)
+    m = TokenMasks(compile_schema(PERSON, space=space), voc)
+    special = np.array([v is None for v in voc.tokens])
+    escapes_or_controls = np.array([bool(v) and (0x5C in v or min(v) < 0x20) for v in voc.tokens])
+    docs = [{"name": "Ann Lee", "age": 34, "city": "São Paulo", "tags": ["x"], "ok": True},
+            {"name": "Zoë", "age": -7, "city": "東京 \"Tokyo\"", "ok": False},
+            {"name": "", "age": 0, "city": "", "tags": []}]
+    compared = 0
+    for doc in docs:
+        text = json.dumps(doc, ensure_ascii=False, separators=separators)
+        matcher, bitmask = xgr.GrammarMatcher(compiled), xgr.allocate_token_bitmask(1, 49152)
+        state = m.grammar.start
+        for t in tok(text, add_special_tokens=False).input_ids + [None]:
+            ours, theirs = m.allowed(state).numpy(), xgrammar_allowed(matcher, bitmask)
+            differ = ours != theirs
+            if t is None:                                                      # 2: the second end token
+                assert m.grammar.is_accepting(state) and set(np.flatnonzero(differ)) <= set(voc.end_ids)
+                differ[voc.end_ids] = False
+            assert not (differ & ours & special).any()                        # 1: we never allow special tokens
+            differ &= ~special
+            for i in np.flatnonzero(differ & escapes_or_controls):             # 3: maxLength strings
+                token = voc.tokens[i]
+                cut = min(j for j, b in enumerate(token) if b == 0x5C or b < 0x20)
+                inner = m.grammar.walk(state, token[:cut])
+                node = m.grammar.nodes[inner[-1][0]] if inner else None
+                assert isinstance(node, String) and node.max_length is not None, token
+                differ[i] = False
+            node = m.grammar.nodes[state[-1][0]]
+            if isinstance(node, Number) and state[-1][1] == 1:                 # 4: after '-', JSON allows 0
+                assert all(voc.tokens[i].startswith(b"0") for i in np.flatnonzero(differ))
+                differ[:] = False
+            assert not differ.any(), (text, t, [voc.tokens[i] for i in np.flatnonzero(differ)[:5]])
+            compared += 1
+            if t is not None:
+                assert matcher.accept_token(t)
+                state = m.grammar.walk(state, voc.tokens[t])
+    assert compared > 40
