@@ -12,8 +12,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from labkit.prompting.constrained import (
-    JsonConstraint, Number, String, TokenMasks, Vocabulary, check_output, compile_schema, end_ids, first_json, json_constraint, mask_step,
+from labkit.prompting.constrained import (  # noqa: I001
+    PERSON_SCHEMA, load_people, score_reply,
+XX
     schema_errors, token_bytes,
 )
 
@@ -490,3 +491,24 @@ def test_agrees_with_xgrammar(space, separators, tok, voc):
                 assert matcher.accept_token(t)
                 state = m.grammar.walk(state, voc.tokens[t])
     assert compared > 40
+
+
+def test_extraction_data():
+    people = load_people()
+    assert len(people) == 36 and len({p["text"] for p in people}) == 36
+    for p in people:
+        rec = p["record"]
+        assert rec["name"] in p["text"] and rec["city"] in p["text"] and str(rec["age"]) in p["text"], p
+        assert jsonschema.Draft202012Validator(PERSON_SCHEMA).is_valid(rec)
+        assert compile_schema(PERSON_SCHEMA).accepts(json.dumps(rec))
+
+
+def test_score_reply():
+    gold = {"name": "Ann", "age": 3, "city": "Rome"}
+    s = score_reply('Sure:\n```json\n{"name": "Ann", "age": "3", "city": "Rome"}\n```', "stop", gold)
+    assert s == {"status": "invalid", "found_json": True, "found_schema_valid": False,
+                 "correct": {"name": True, "age": False, "city": True}}  # "3" is not 3
+    assert score_reply('{"name": "Ann", "age": 3, "city": "Rome"}', "stop", gold)["status"] == "valid"
+    assert score_reply('{"name": "Ann", "age": 3, "ci', "length", gold) == {
+        "status": "incomplete", "found_json": False, "found_schema_valid": False,
+        "correct": {"name": False, "age": False, "city": False}}

@@ -657,3 +657,73 @@ def json_constraint(grammar: Grammar, tokenizer) -> Callable[[], JsonConstraint]
     vocab = tokenizer if isinstance(tokenizer, Vocabulary) else Vocabulary.from_tokenizer(tokenizer)
     masks = TokenMasks(grammar, vocab)
     return lambda: JsonConstraint(masks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The course's extraction task: a sentence about a person -> {"name", "age", "city"}, with and without the mask.
+# ---------------------------------------------------------------------------------------------------------------
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
+                   "city": {"type": "string", "maxLength": 40}},
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
+EXTRACTION_SYSTEM = ('Extract the person\'s name, age and city from the sentence. Reply with only a JSON object '
+                     'with the keys "name", "age" and "city".')
+FIELDS = ("name", "age", "city")
+
+
+def load_people(path: str | None = None) -> list[dict]:
+    """data/extraction/people.jsonl: {"text": sentence, "record": {"name", "age", "city"}} per line."""
+    from pathlib import Path
+
+    file = Path(path) if path else Path(__file__).resolve().parents[2] / "data" / "extraction" / "people.jsonl"
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def extraction_messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": EXTRACTION_SYSTEM}, {"role": "user", "content": text}]
+
+
+def score_reply(text: str, finish_reason: str, gold: Mapping[str, Any], schema: Mapping[str, Any] = PERSON_SCHEMA
+                ) -> dict:
+    """How one reply fares: the whole reply as a document (check_output), the first JSON object in it (a lenient
+    reader that skips prose and ``` fences), and which fields of that object equal the gold record."""
+    found = first_json(text)
+    return {"status": check_output(text, schema, finish_reason),
+            "found_json": found is not None,
+            "found_schema_valid": found is not None and not schema_errors(found, schema),
+            "correct": {f: isinstance(found, dict) and f in found and _same(found[f], gold[f]) for f in FIELDS}}
+
+
+def extraction_run(llm, examples: Sequence[Mapping], *, max_tokens: int = 48, vocab: Vocabulary | None = None
+                   ) -> dict:
+    """Greedy replies to every example, unconstrained and constrained by PERSON_SCHEMA, each scored."""
+    factory = json_constraint(compile_schema(PERSON_SCHEMA), vocab or llm.tokenizer)
+    out = []
+    for ex in examples:
+        row = {"text": ex["text"], "record": ex["record"]}
+        for name, constraint in (("unconstrained", None), ("constrained", factory)):
+            c = llm.generate(extraction_messages(ex["text"]), max_tokens=max_tokens, constraint=constraint)[0]
+            row[name] = {"reply": c.text, "finish_reason": c.finish_reason, "tokens": c.tokens,
+                         **score_reply(c.text, c.finish_reason, ex["record"])}
+        out.append(row)
+    return {"schema": PERSON_SCHEMA, "system": EXTRACTION_SYSTEM, "max_tokens": max_tokens, "examples": out,
+            "summary": summarize(out)}
+
+
+def summarize(rows: Sequence[Mapping]) -> dict:
+    """Counts per setting: replies that are a valid document, that hold a JSON object, a schema-valid one, and
+    the number of correct values per field (out of len(rows))."""
+    summary = {"n": len(rows)}
+    for name in ("unconstrained", "constrained"):
+        r = [row[name] for row in rows]
+        summary[name] = {"valid": sum(x["status"] == "valid" for x in r),
+                         "incomplete": sum(x["status"] == "incomplete" for x in r),
+                         "invalid": sum(x["status"] == "invalid" for x in r),
+                         "found_json": sum(x["found_json"] for x in r),
+                         "found_schema_valid": sum(x["found_schema_valid"] for x in r),
+                         "correct": {f: sum(x["correct"][f] for x in r) for f in FIELDS},
+                         "tokens": sum(x["tokens"] for x in r)}
+    return summary
