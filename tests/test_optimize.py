@@ -143,7 +143,11 @@ def test_usable_instruction():
     assert usable_instruction(" ") is None
     assert usable_instruction("Sports.") is None  # too short to be an instruction
     assert usable_instruction("Text: the match\nLabel: sports") is None  # the query format, not an instruction
+    assert usable_instruction("Sentence: the band played all night long") is None
     assert usable_instruction("1 2 3 4 5 6 7 8 == ++ ** !!") is None
+    # SmolLM2's proposals in the saved run: fluent, but no instruction for this task
+    assert usable_instruction("The best way to learn is to enjoy it, not to control it.") is None
+    assert usable_instruction("Sort these news lines by category.") == "Sort these news lines by category."
 
 
 # ---- the evaluator and the loops, on a fake model ----------------------------------------------------------------

@@ -23,7 +23,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence, Union
 
 from labkit.prompting.icl import LABELS, label_probs
 
@@ -380,22 +380,31 @@ class Proposal:
     raw: str = ""  # the model's text, for llm proposals
 
 
-def usable_instruction(text: str) -> str | None:
-    """The model's proposal cleaned to one instruction line, or None if it is not usable as one: empty, not
-    one sentence-like line of 4-40 words, or a copy of the query format (it would confuse the scored prompt).
-    The text is only ever inserted into a prompt as data, never executed."""
+TASK_WORDS = ("topic", "classif", "categor", "label")  # a usable instruction says what the task is
+
+
+def usable_instruction(text: str, task_words: Sequence[str] = TASK_WORDS) -> str | None:
+    """The model's proposal cleaned to one instruction line, or None if it is not usable as one: not a line of
+    4-40 mostly alphabetic words, a copy of the query format (it would confuse the scored prompt), or a line
+    that never names the task (no word from `task_words`: then it is a comment or a story, not an
+    instruction). The text is only ever inserted into a prompt as data, never executed."""
     line = text.strip().split("\n")[0].strip().strip('"').strip("'").strip()
     line = re.sub(r"^(new )?instruction\s*\d*\s*:\s*", "", line, flags=re.I).strip().strip('"').strip()
     words = line.split()
-    if not 4 <= len(words) <= 40 or re.search(r"\b(text|label)\s*:", line, re.I):
+    if not 4 <= len(words) <= 40 or re.search(r"\b(text|label|sentence|answer)\s*:", line, re.I):
         return None
     if sum(c.isalpha() for c in line) < 0.6 * len(line):
+        return None
+    if not any(w in line.lower() for w in task_words):
         return None
     return line
 
 
+MetaPrompt = Union[str, list[dict[str, str]]]  # what the proposer model is asked (empty: do not ask it)
+
+
 class Proposer(Protocol):
-    def __call__(self, parent: Prompt, context: str, k: int, seen: set[Prompt]) -> list[Proposal]: ...
+    def __call__(self, parent: Prompt, context: MetaPrompt, k: int, seen: set[Prompt]) -> list[Proposal]: ...
 
 
 @dataclass
@@ -408,7 +417,7 @@ class ModelProposer:
     temperature: float = 0.8
     log: list[dict] = field(default_factory=list)
 
-    def __call__(self, parent: Prompt, context: str, k: int, seen: set[Prompt]) -> list[Proposal]:
+    def __call__(self, parent: Prompt, context: MetaPrompt, k: int, seen: set[Prompt]) -> list[Proposal]:
         out: list[Proposal] = []
         if context:
             samples = self.llm.generate(context, max_tokens=48, temperature=self.temperature, top_p=0.95, n=k,
@@ -519,7 +528,7 @@ def apo(evaluator: Evaluator, initial: Prompt, proposer: Proposer, llm, *, round
             batch = evaluator.minibatch(rnd, minibatch, seed)
             wrong = [(evaluator.examples[i][0], evaluator.examples[i][1], evaluator.predict(p, i))
                      for i in batch if evaluator.predict(p, i) != evaluator.examples[i][1]][:errors]
-            context: list[dict[str, str]] | str = ""
+            context: MetaPrompt = ""
             if wrong:
                 critique = llm.generate(apo_prompts(p, wrong), max_tokens=48, stop=["\n\n"])[0].text
                 critiques.append(critique)
