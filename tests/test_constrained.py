@@ -12,10 +12,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from labkit.prompting.constrained import (  # noqa: I001
-    PERSON_SCHEMA, load_people, score_reply,
-XX
-    schema_errors, token_bytes,
+from labkit.prompting.constrained import (
+    PERSON_SCHEMA, JsonConstraint, Number, String, TokenMasks, Vocabulary, check_output, compile_schema, end_ids,
+    first_json, json_constraint, load_people, mask_step, schema_errors, score_reply, token_bytes,
 )
 
 PERSON = {
