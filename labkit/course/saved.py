@@ -263,3 +263,15 @@ RUNS["10-prompt-opt"] = _prompt_opt
 # SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (the initial prompt re-scored on
 # ten held-out sentences, the synthetic bandit's UCB choices re-run)
 MEASURES["10-prompt-opt"] = ("labkit/prompting/optimize.py", "labkit/prompting/icl.py", "data/classification")
+
+
+def _structured() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.llm.local import LocalLLM
+    from labkit.prompting.constrained import extraction_run, load_people
+
+    return extraction_run(LocalLLM.smollm2(), load_people()), {}
+
+
+RUNS["10-structured"] = _structured
+# greedy SmolLM2 replies; the notebook re-runs a few live and asserts they equal the record
+MEASURES["10-structured"] = ("labkit/prompting/constrained.py", "data/extraction")
