@@ -156,6 +156,8 @@ def test_mutated_solutions_fail_with_the_right_reason(puzzle, data):
     ("6 // 1 * 4 * 1", [1, 1, 4, 6], "disallowed node FloorDiv"),
     ("True * 24", [1, 1, 4, 6], "disallowed node Constant True"),
     ("[6 * 4 * 1 * 1]", [1, 1, 4, 6], "disallowed node List"),
+    ("6 * 4 * 1 * 1 == 24", [1, 1, 4, 6], "disallowed node Compare"),
+    ("6 * 4 * 1 * 1 = 24 = 24", [1, 1, 4, 6], "syntax error"),
     ("'24'", [1, 1, 4, 6], "disallowed node Constant '24'"),
     ("6 * 4 * 1", [1, 1, 4, 6], "wrong numbers (used [1, 4, 6], given [1, 1, 4, 6])"),
     ("6 * 4 * 1 * 1 * 1", [1, 1, 4, 6], "wrong numbers (used [1, 1, 1, 4, 6], given [1, 1, 4, 6])"),

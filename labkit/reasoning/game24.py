@@ -253,7 +253,7 @@ class _Rejected(Exception):
 _ALLOWED_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _ALIASES = str.maketrans({"×": "*", "÷": "/", "−": "-"})  # what models and people also write
 _ANSWER = re.compile(r"^\s*answer\s*:\s*", re.IGNORECASE)
-_EQUALS_24 = re.compile(r"\s*=\s*24\s*$")
+_EQUALS_24 = re.compile(r"(?<![=<>!])\s*=\s*24\s*$")  # "= 24", not the end of "== 24"
 
 
 def _clean(text: str) -> str:
