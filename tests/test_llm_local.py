@@ -58,6 +58,10 @@ def tiny_model(seed: int = 0) -> Llama:
 
 
 MODEL = tiny_model()
+torch.manual_seed(1)
+FLAT = Llama(CFG).eval()  # with small embeddings (the head is tied to them): varied samples
+with torch.no_grad():
+    FLAT.embed_tokens.weight.mul_(0.2)
 
 
 def tiny(cache_slots: int = 4) -> LocalLLM:
@@ -133,6 +137,30 @@ def test_lru_keeps_unrelated_prompts_apart():
     assert llm.logprobs(first + "2", ["x"]) == pytest.approx(uncached.logprobs(first + "2", ["x"]), abs=1e-4)
 
 
+@settings(max_examples=20, deadline=None)
+@given(calls=st.lists(st.tuples(st.sampled_from(["few-shot A: ", "few-shot B, longer: ", "C"]), texts,
+                                st.booleans()), min_size=1, max_size=8))
+def test_interleaved_calls_through_a_small_lru_score_as_uncached(calls):
+    # generate and logprobs calls on prompts from three families, through 2 slots: whatever the slots hold
+    # (overwritten, evicted, copied from a partial match), the scores are those of an uncached run
+    cached, uncached = tiny(cache_slots=2), tiny(cache_slots=0)
+    for family, query, generate_first in calls:
+        prompt = family + query
+        if generate_first:
+            assert cached.generate(prompt, max_tokens=2)[0].text == uncached.generate(prompt, max_tokens=2)[0].text
+        assert cached.logprobs(prompt, ["ab", "c"]) == pytest.approx(uncached.logprobs(prompt, ["ab", "c"]), abs=1e-4)
+
+
+def test_generate_reuses_the_prompt_cache():
+    llm = tiny()
+    llm.generate("the same prompt", max_tokens=3)
+    assert llm.usage.prompt_tokens == len("the same prompt")
+    llm.generate("the same prompt", max_tokens=3, n=4, temperature=1.0)
+    assert llm.usage.prompt_tokens == len("the same prompt") + 1  # only the last token, for its logits
+    llm.logprobs("the same prompt", ["!"])
+    assert llm.usage.prompt_tokens == len("the same prompt") + 2
+
+
 def test_scores_are_log_probabilities_of_the_separately_tokenized_continuation():
     llm = tiny(cache_slots=0)
     prompt, cont = "abc", "de"
@@ -162,13 +190,16 @@ def test_greedy_matches_the_kv_cache_generate_loop_and_all_n_are_equal():
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_logprob_of_a_sample_equals_its_score(temperature):
-    # a greedy answer's logprob is taken at temperature 1; a sample's at its own temperature (1 here); each
-    # row's logprob checks that rows keep their own cache rows while finished rows leave the batch
-    llm = tiny()
+    # a greedy answer's logprob is taken at temperature 1; a sample's at its own temperature (1 here). With the
+    # flat model's varied samples, rows stop at different steps: each row's logprob checks that it kept its
+    # own cache row while finished rows left the batch
+    llm = LocalLLM(FLAT, CharTokenizer())
     free = llm.generate("q: ", max_tokens=10, temperature=temperature, n=6, seed=3)
-    stop = [free[0].text[4]] if temperature == 0 else [free[0].text[2], free[1].text[5]]
+    stop = [free[0].text[4]] if temperature == 0 else [free[0].text[1], free[3].text[6]]
     outs = llm.generate("q: ", max_tokens=10, temperature=temperature, n=6, seed=3, stop=stop)
-    assert any(c.finish_reason == "stop" for c in outs)
+    assert outs[0].finish_reason == "stop"
+    if temperature > 0:
+        assert len({c.text for c in outs}) == 6 and any(c.finish_reason == "length" for c in outs)
     for c in outs:  # a stopped row generated its text, then a stop character or an end-of-sequence token
         ends = [""] if c.finish_reason == "length" else stop + [SPECIAL[i] for i in llm.end_ids]
         scores = [llm.logprobs("q: ", [c.text + end])[0] for end in ends]
