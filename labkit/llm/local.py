@@ -7,13 +7,16 @@ Two things make it fast enough for chapters 10-13's experiments on a CPU:
   token depend only on the tokens before it, so a cache that holds a sequence's first L tokens serves any
   sequence that starts with the same L tokens. The backend keeps a few caches (least recently used goes first)
   together with the token ids they hold; each new sequence reuses the longest common *token* prefix and runs
-  only the rest (the cache's old contents beyond that point are simply overwritten). `usage.prompt_tokens`
-  counts only the tokens actually run.
+  only the rest. A cache sharing at least half of its tokens with the new sequence is reused in place (its
+  old contents beyond the common prefix are simply overwritten); otherwise a fresh one starts from a copy of
+  the common prefix. Within one `logprobs` call the prompt runs once for all continuations.
+  `usage.prompt_tokens` counts only the tokens actually run.
 * Batched sampling. n samples of one prompt are one batch: the prompt is run once (batch 1), its cache copied
-  to n rows, and every decode step (`labkit.kvcache.DecodeStep`) advances all unfinished rows at once. Decode
-  is memory-bound -- each step reads every weight once -- so a batch of 16 rows costs little more per step
-  than one row (benchmarks/llm.py measures it). Rows that finish (end-of-sequence, a stop string) leave the
-  batch.
+  to n rows, and every decode step (`labkit.kvcache.DecodeStep`) advances all unfinished rows at once. At
+  batch 1 decode is memory-bound -- each step reads every weight once for ~2 FLOPs -- so a batch, which reads
+  the weights once for all its rows, gets more tokens per second until its arithmetic catches up
+  (benchmarks/llm.py measures the gain at n = 16). Rows that finish (end-of-sequence, a stop string) leave
+  the batch.
 
 Tokenization: a string prompt is encoded as it is (no special tokens added); chat messages are formatted by
 the tokenizer's own chat template, ending with the assistant's turn (`add_generation_prompt=True`), then
@@ -120,13 +123,13 @@ class LocalLLM(LLM):
 
     def _run(self, ids: list[int], need_from: int) -> tuple[_Slot, torch.Tensor]:
         """Run ids through the model, reusing the cached slot with the longest common prefix; return the slot
-        (now holding ids) and the logits [len(ids) - start, vocab] of the positions start.. that were run,
-        where start <= need_from: the caller needs the logits from position need_from on."""
+        (now holding ids) and the logits [len(ids) - need_from, vocab] of positions need_from.. (at least the
+        tokens from need_from on run, since a cache holds keys and values, not logits)."""
         if len(ids) > self.model.cfg.max_seq_len:
             raise ValueError(f"{len(ids)} tokens exceed the model's context of {self.model.cfg.max_seq_len}")
         best, common = None, 0
         for slot in self._slots:
-            c = _common_prefix(slot.ids[:slot.cache.seen], ids)
+            c = _common_prefix(slot.ids, ids)
             if c > common:
                 best, common = slot, c
         start = min(common, need_from)  # the logits at need_from must be computed, so run from there at least
@@ -217,7 +220,9 @@ class LocalLLM(LLM):
         under the distribution sampled from (after the constraint's mask, the temperature, top-k and top-p);
         for greedy decoding (temperature 0), under the masked distribution at temperature 1. Completion.tokens
         counts every generated token, an end-of-sequence token included; the text excludes it and anything from
-        a stop string on."""
+        a stop string on. Greedy decoding (temperature 0) decodes one row and returns n copies of it (usage
+        counts its tokens once). Sampled rows share one seeded generator, so a row's sample depends on n and on
+        when other rows finish: the same call with the same seed repeats exactly."""
         ids = self.prompt_ids(prompt)
         if len(ids) + max_tokens > self.model.cfg.max_seq_len:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceed the model's context "
