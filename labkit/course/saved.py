@@ -248,9 +248,10 @@ def _search() -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 RUNS["11-search"] = _search
-# SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (a recorded greedy proposal re-run)
+# SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (a recorded greedy proposal and two
+# value scores re-run); game24's solver and checker, the judge of every answer, by tests/test_game24.py
 MEASURES["11-search"] = ("labkit/reasoning/prompts24.py", "labkit/reasoning/tot.py", "labkit/reasoning/mcts.py",
-                         "labkit/reasoning/got.py", "labkit/reasoning/game24.py")
+                         "labkit/reasoning/got.py")
 
 
 def _prompt_opt() -> tuple[dict, dict[str, torch.Tensor]]:

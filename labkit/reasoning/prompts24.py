@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 from labkit.llm.base import LLM
 from labkit.reasoning import game24
