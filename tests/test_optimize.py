@@ -249,3 +249,51 @@ def test_smollm2_evaluator_equals_direct_label_scoring():
     p = initial_prompt()
     for i, r in enumerate(rows):
         assert ev.predict(p, i) == LABELS[int(label_probs(llm, render(p, [], r["text"])).argmax())]
+
+
+def test_the_loop_runs_through_the_http_backend_on_a_loopback_server():
+    """A stdlib OpenAI-compatible server on 127.0.0.1 plays a bigger model: its chat answers are a usable
+    instruction (the proposer), its completions name the topic word of the query (a scorer without
+    log-probabilities, so the evaluator reads the label from a short greedy answer)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from labkit.llm.http import HttpLLM
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path.endswith("/chat/completions"):
+                choice = {"message": {"role": "assistant", "content": "Name the topic of the sentence."},
+                          "finish_reason": "stop", "index": 0}
+            else:
+                query = body["prompt"].rsplit("Sentence: ", 1)[1]
+                choice = {"text": " " + query.split()[1], "finish_reason": "stop", "index": 0}
+            raw = json.dumps({"choices": [choice], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        scorer, optimizer = HttpLLM(url, "big"), HttpLLM(url, "big")
+        assert not scorer.supports_logprobs
+        ev = Evaluator(scorer, ROWS[:8], ROWS[:4])
+        proposer = ModelProposer(optimizer, TOPIC_TASK)
+        run = opro(ev, initial_prompt(), proposer, TOPIC_TASK, rounds=1, k=2, budget=4, minibatch=4)
+        origins = [r["origin"] for r in run.rows]  # the server said the same twice: the grammar fills the slot
+        assert origins[:2] == ["initial", "llm"] and origins[2].startswith("grammar: ") and len(origins) == 3
+        assert run.rows[1]["text"] == "Name the topic of the sentence." and run.rows[0]["mean"] == 1.0
+        assert proposer.log[0]["usable"] and not proposer.log[1]["usable"]  # a repeat is not a new candidate
+        # one scorer call per (prompt, sentence) scored, none repeated: at most 3 prompts x 8 sentences
+        assert optimizer.usage.calls >= 1 and 4 <= scorer.usage.calls <= 24 and scorer.usage.calls == len(ev._memo)
+    finally:
+        server.shutdown()

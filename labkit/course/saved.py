@@ -261,9 +261,9 @@ def _prompt_opt() -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 RUNS["10-prompt-opt"] = _prompt_opt
-# SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (the initial prompt re-scored on
-# ten held-out sentences, the synthetic bandit's UCB choices re-run)
-MEASURES["10-prompt-opt"] = ("labkit/prompting/optimize.py", "labkit/prompting/icl.py", "data/classification")
+# SmolLM2 and the label scoring under it (labkit.llm.local, icl.label_probs) are checked by the notebook's live
+# slice (the initial prompt re-scored on ten held-out sentences; the synthetic bandit study re-run in full)
+MEASURES["10-prompt-opt"] = ("labkit/prompting/optimize.py", "data/classification")
 
 
 def _structured() -> tuple[dict, dict[str, torch.Tensor]]:
