@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from labkit.prompting.constrained import (
     PERSON_SCHEMA, JsonConstraint, Number, String, TokenMasks, Vocabulary, check_output, compile_schema, end_ids,
+    extraction_messages,
     first_json, json_constraint, load_people, mask_step, schema_errors, score_reply, token_bytes,
 )
 
@@ -97,8 +98,9 @@ def test_grammar_accepts_exactly_the_schema_valid_texts(text, ok):
 
 def test_space_policies():
     s = {"type": "array", "items": {"type": "integer"}}
-    assert [compile_schema(s, space=p).accepts("[1, 2]") for p in ("never", "optional", "always")] == [False, True, True]
-    assert [compile_schema(s, space=p).accepts("[1,2]") for p in ("never", "optional", "always")] == [True, True, False]
+    policies = ("never", "optional", "always")
+    assert [compile_schema(s, space=p).accepts("[1, 2]") for p in policies] == [False, True, True]
+    assert [compile_schema(s, space=p).accepts("[1,2]") for p in policies] == [True, True, False]
 
 
 def test_numbers_and_literals():
@@ -132,7 +134,8 @@ def test_states_are_hashable_and_immutable():
     ({"type": "object", "patternProperties": {}}, "unsupported JSON-Schema keyword 'patternProperties'"),
     ({"type": "string", "pattern": "a+"}, "unsupported JSON-Schema keyword 'pattern'"),
     ({"anyOf": [{"type": "string"}]}, "unsupported JSON-Schema keyword 'anyOf'"),
-    ({"type": "object", "properties": {"a": {"$ref": "#"}}}, r"unsupported JSON-Schema keyword '\$ref' at #/properties/a"),
+    ({"type": "object", "properties": {"a": {"$ref": "#"}}},
+     r"unsupported JSON-Schema keyword '\$ref' at #/properties/a"),
     ({"type": ["string", "null"]}, "unsupported JSON-Schema 'type' list"),
     ({"type": "integer", "maxLength": 3}, "'maxLength' does not apply to type 'integer'"),
     ({"type": "date"}, "unknown JSON-Schema type 'date'"),
@@ -180,7 +183,8 @@ def test_check_output_never_calls_a_cut_text_valid():
 
 # ------------------------------------------------------------------------------------------------ hypothesis
 def scalar_schemas():
-    string = st.builds(lambda lo, extra, use: {"type": "string", **({"minLength": lo, "maxLength": lo + extra} if use else {})},
+    string = st.builds(lambda lo, extra, use: {"type": "string",
+                                               **({"minLength": lo, "maxLength": lo + extra} if use else {})},
                        st.integers(0, 3), st.integers(0, 8), st.booleans())
     enum = st.lists(st.one_of(st.text(TEXT, max_size=4), st.integers(-50, 50), st.booleans(), st.none()),
                     min_size=1, max_size=4, unique_by=lambda v: json.dumps(v)).map(lambda v: {"enum": v})
@@ -197,7 +201,8 @@ def schemas():
                                                        "required": [k for k, r in zip(props, req) if r],
                                                        **({"additionalProperties": False} if addl else {})},
                                     st.lists(st.booleans(), min_size=len(props), max_size=len(props)), st.booleans()))
-        arr = st.builds(lambda items, lo, extra: {"type": "array", "items": items, "minItems": lo, "maxItems": lo + extra},
+        arr = st.builds(lambda items, lo, extra: {"type": "array", "items": items,
+                                                  "minItems": lo, "maxItems": lo + extra},
                         inner, st.integers(0, 2), st.integers(0, 2))
         return st.one_of(obj, arr)
     return st.recursive(scalar_schemas(), extend, max_leaves=6)
@@ -246,9 +251,11 @@ def test_every_schema_valid_document_is_accepted(case):
     assert compile_schema(schema, space=space).accepts(text), text
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-100, 100) | st.floats(allow_nan=False, allow_infinity=False)
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-100, 100)
+                           | st.floats(allow_nan=False, allow_infinity=False)
                            | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text("abcdé\"", max_size=3), inner, max_size=3),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text("abcdé\"", max_size=3), inner, max_size=3),
                            max_leaves=8)
 
 
@@ -371,7 +378,8 @@ def test_tokens_that_span_several_grammar_symbols(masks, tok, vocab):
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_false_rejections(data, tok, vocab, voc):
     """Every tokenization of a schema-valid document is allowed at every step: the tokenizer's own encoding,
@@ -420,7 +428,8 @@ def test_random_constrained_walks_are_schema_valid(masks, tok, vocab):
             allowed[end_ids(tok)] = False
             if ends and (trial % 2 or rng.random() < 0.5 or not allowed.any()):
                 break
-            pick = np.flatnonzero(allowed & spaces) if trial % 2 and (allowed & spaces).any() else np.flatnonzero(allowed)
+            lover = trial % 2 and (allowed & spaces).any()
+            pick = np.flatnonzero(allowed & spaces) if lover else np.flatnonzero(allowed)
             t = int(rng.choice(pick))
             c.advance(t)
             text += vocab[t]
@@ -511,3 +520,23 @@ def test_score_reply():
     assert score_reply('{"name": "Ann", "age": 3, "ci', "length", gold) == {
         "status": "incomplete", "found_json": False, "found_schema_valid": False,
         "correct": {"name": False, "age": False, "city": False}}
+
+
+@pytest.mark.slow
+def test_sampled_smollm2_outputs_are_schema_valid(voc):
+    """SmolLM2 itself, sampled at temperature 1 (4 samples as one batch), under the mask: every reply that
+    finished is a schema-valid document (jsonschema); one cut by max_tokens is reported incomplete, never valid."""
+    from labkit.llm.local import LocalLLM
+
+    llm = LocalLLM.smollm2()
+    factory = json_constraint(compile_schema(PERSON_SCHEMA), voc)
+    replies = llm.generate(extraction_messages("Olaf Hansen (45) runs a bakery in Oslo."), max_tokens=40,
+                           temperature=1.0, n=4, seed=0, constraint=factory)
+    validator = jsonschema.Draft202012Validator(PERSON_SCHEMA)
+    for r in replies:
+        status = check_output(r.text, PERSON_SCHEMA, r.finish_reason)
+        if r.finish_reason == "stop":
+            assert status == "valid" and validator.is_valid(json.loads(r.text)), r.text
+        else:
+            assert status == "incomplete", r.text
+    assert any(r.finish_reason == "stop" for r in replies)
