@@ -251,3 +251,15 @@ def test_smollm2_fast_step_logits_equal_the_plain_step(smollm2):
     token = torch.tensor([tokenizer(" cat").input_ids[0]])
     torch.testing.assert_close(DecodeStep(model)(token, fast), model(token[:, None], cache=plain)[:, -1],
                                atol=1e-4, rtol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 11), n_out=st.integers(1, 150), n_in=st.integers(1, 40), seed=st.integers(0, 99))
+def test_batched_linear_equals_linear(batch, n_out, n_in, seed):
+    # _linear switches to the 4-rows x 4-sequences tiles at batch >= 4; every remainder (rows, sequences,
+    # a band of 64 rows cut short) must land in the right place
+    from labkit.kvcache import _linear
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(batch, n_in, generator=g), torch.randn(n_out, n_in, generator=g)
+    got = torch.from_numpy(_linear(x.numpy(), w.numpy()))
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
