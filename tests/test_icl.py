@@ -196,3 +196,41 @@ def test_smollm2_label_probs_are_its_logprobs_renormalised():
     # the second call runs from the prefix cache the first left: equal up to float32 rounding
     torch.testing.assert_close(p, raw.exp() / raw.exp().sum(), rtol=0, atol=1e-5)
     assert float(p.sum()) == pytest.approx(1.0)
+
+
+# ---- the saved run 10-icl -------------------------------------------------------------------------------------------
+
+
+def test_saved_record_matches_the_data_and_the_draws():
+    from labkit.course import saved
+    from labkit.prompting.icl import sweep_demos
+
+    rec = saved.load("10-icl").record
+    queries = eval_queries(len(rec["query_ids"]) // len(LABELS))
+    assert rec["query_ids"] == [q["id"] for q in queries]
+    assert rec["gold"] == [LABELS.index(q["label"]) for q in queries]
+    pool = load_classification("train")
+    for c in rec["sweep"]:
+        assert c["demo_ids"] == [d["id"] for d in sweep_demos(pool, c["k"], c["draw"], rec["seed"])]
+        assert c["accuracy"] == pytest.approx(sum(p == g for p, g in zip(c["preds"], rec["gold"])) / len(rec["gold"]))
+        assert c["calibrated_accuracy"] == pytest.approx(
+            sum(p == g for p, g in zip(c["calibrated_preds"], rec["gold"])) / len(rec["gold"]))
+    for c in rec["majority"]:
+        assert Counter(c["demo_labels"])[c["majority"]] == 5 and len(c["demo_labels"]) == 8
+    for c in rec["recency"]:
+        assert c["demo_labels"][-1] == c["last"] and sorted(c["demo_labels"]) == sorted(LABELS)
+
+
+@pytest.mark.slow
+def test_saved_record_slice_reproduces():
+    from labkit.course import saved
+    from labkit.llm.local import LocalLLM
+    from labkit.prompting.icl import sweep_demos
+
+    rec = saved.load("10-icl").record
+    sl = rec["slice"]
+    demos = sweep_demos(load_classification("train"), sl["k"], sl["draw"], rec["seed"])
+    text = {r["id"]: r["text"] for r in load_classification("test")}
+    llm = LocalLLM.smollm2()
+    live = torch.stack([label_probs(llm, few_shot_prompt(demos, text[i])) for i in sl["query_ids"][:3]])
+    torch.testing.assert_close(live, torch.tensor(sl["probs"][:3], dtype=torch.float64), rtol=0, atol=1e-3)
