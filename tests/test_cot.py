@@ -3,7 +3,6 @@ tie rule, maj@k over every subset, the binomial idealisation, and the exact McNe
 from __future__ import annotations
 
 import itertools
-import math
 import random
 from fractions import Fraction
 
