@@ -227,7 +227,7 @@ def _cot() -> tuple[dict, dict[str, torch.Tensor]]:
 
 RUNS["10-cot"] = _cot
 # the notebook's live slice re-scores recorded direct answers and re-decodes a few greedy ones on SmolLM2
-MEASURES["10-cot"] = ("labkit/prompting/cot.py", "data/word-problems")
+MEASURES["10-cot"] = ("labkit/prompting/cot.py", "data/word-problems/problems.jsonl")
 
 
 def _icl() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -238,7 +238,7 @@ def _icl() -> tuple[dict, dict[str, torch.Tensor]]:
 
 RUNS["10-icl"] = _icl
 # SmolLM2 under it (labkit.llm.local) is checked by the notebook's live slice (one k = 2 prompt re-scored)
-MEASURES["10-icl"] = ("labkit/prompting/icl.py", "data/classification")
+MEASURES["10-icl"] = ("labkit/prompting/icl.py", "data/classification/data.jsonl")
 
 
 def _search() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -263,7 +263,7 @@ def _prompt_opt() -> tuple[dict, dict[str, torch.Tensor]]:
 RUNS["10-prompt-opt"] = _prompt_opt
 # SmolLM2 and the label scoring under it (labkit.llm.local, icl.label_probs) are checked by the notebook's live
 # slice (the initial prompt re-scored on ten held-out sentences; the synthetic bandit study re-run in full)
-MEASURES["10-prompt-opt"] = ("labkit/prompting/optimize.py", "data/classification")
+MEASURES["10-prompt-opt"] = ("labkit/prompting/optimize.py", "data/classification/data.jsonl")
 
 
 def _structured() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -275,4 +275,4 @@ def _structured() -> tuple[dict, dict[str, torch.Tensor]]:
 
 RUNS["10-structured"] = _structured
 # greedy SmolLM2 replies; the notebook re-runs a few live and asserts they equal the record
-MEASURES["10-structured"] = ("labkit/prompting/constrained.py", "data/extraction")
+MEASURES["10-structured"] = ("labkit/prompting/constrained.py", "data/extraction/people.jsonl")
