@@ -15,6 +15,10 @@ Chapter 9  compressing and adapting        compress/ (quantize, gguf_blocks, awq
                                            sparse_training, distill, moe, evaluate), finetune/ (lora, qlora,
                                            prompt_tuning, lofit, chat_formats, tool_data, sft, dpo, reward),
                                            checks.compress
+Chapter 10 prompting patterns              llm/ (base: the one LLM interface; local: SmolLM2 with prefix caching and
+                                           batched samples; http: an OpenAI-compatible server), prompting/ (anatomy,
+                                           icl, scaling, cot, constrained, optimize), checks.prompting
+Chapter 11 reasoning as search             reasoning/ (game24, tot, mcts, got, prompts24, explorer), checks.reasoning
 Shared     the real models, offline        models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
            small helpers                   scoring (log P of text), timing (best-of and median wall clock), viz (HTML bars)
            the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book,
