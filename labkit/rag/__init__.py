@@ -1,0 +1,1 @@
+"""Chapter 12: retrieval-augmented generation — every stage from scratch."""
