@@ -18,16 +18,17 @@ queries. It reports, never asserts: speed depends on the machine.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import bm25s
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from decode import machine  # noqa: E402  (the machine record every benchmark shares)
 
 from labkit.corpus import word_tokens
 from labkit.rag.bm25 import BM25
@@ -38,21 +39,6 @@ QUERIES = 300
 K = 10
 GOAL_QUERIES = 0.5
 RESULTS = Path(__file__).parent / "results" / "bm25.json"
-
-
-def machine() -> dict:
-    """What the numbers were measured on, and from which revision of the code."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                  cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        revision = "unknown"
-    return dict(cpu=cpu, cores=os.cpu_count(), numpy=np.__version__, bm25s=bm25s.__version__,
-                load_average_1min=round(os.getloadavg()[0], 2), revision=revision,
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def pydoc_paragraphs() -> list[list[str]]:
@@ -81,7 +67,7 @@ def alternate(fns: dict, repeat: int = REPEATS) -> dict:
 
 
 def measure() -> dict:
-    about = machine()
+    about = machine(bm25s=bm25s.__version__)
     docs = pydoc_paragraphs()
     ours = BM25("lucene").index(docs)
     theirs = bm25s.BM25(method="lucene")

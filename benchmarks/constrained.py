@@ -19,17 +19,17 @@ Three results. It reports, never asserts: speed depends on the machine (the load
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import subprocess
+import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from decode import machine  # noqa: E402  (the machine record every benchmark shares)
 
 from labkit.prompting.constrained import (PERSON_SCHEMA, TokenMasks, Vocabulary, compile_schema, extraction_messages,
                                           json_constraint, load_people)
@@ -39,20 +39,6 @@ PROMPTS = 3       # extraction prompts decoded each way for result 3
 MAX_TOKENS = 32
 ROUNDS = 3       # alternating runs of each side; the median per side
 RESULTS = Path(__file__).parent / "results" / "constrained.json"
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                  cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        revision = "unknown"
-    return dict(cpu=cpu, cores=os.cpu_count(), torch_threads=THREADS, torch=torch.__version__,
-                xgrammar=version("xgrammar"), load_average_1min=round(os.getloadavg()[0], 2), revision=revision,
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def mask_costs(tok, vocab: Vocabulary, docs: list[str]) -> dict:
@@ -155,7 +141,7 @@ def main() -> dict:
     trie_s = time.perf_counter() - t0
     people = load_people()
     docs = [json.dumps(p["record"], ensure_ascii=False) for p in people]
-    results = dict(machine=machine(), vocabulary_s=round(trie_s, 2), trie_nodes=len(vocab.trie.children),
+    results = dict(machine=machine(xgrammar=version("xgrammar")), vocabulary_s=round(trie_s, 2), trie_nodes=len(vocab.trie.children),
                    plain_tokens=len(vocab.plain_ids), mask=mask_costs(tok, vocab, docs),
                    decode=decode_costs(vocab, people))
     m, d = results["mask"], results["decode"]

@@ -76,8 +76,9 @@ INT8_GOALS = dict(vs_transformers=3.0, vs_roofline=0.7, perplexity_change=0.02)
 PPL_WINDOWS = 8  # held-out windows of 257 tokens for the perplexity change
 
 
-def machine() -> dict:
-    """What the numbers were measured on, and from which revision of the code."""
+def machine(**extra) -> dict:
+    """What the numbers were measured on, and from which revision of the code (+ a benchmark's own `extra`
+    fields, e.g. the version of the library it compares with). benchmarks/llm.py, bm25.py, constrained.py use it."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
@@ -87,7 +88,7 @@ def machine() -> dict:
     except (OSError, subprocess.CalledProcessError):
         revision = "unknown"
     return dict(cpu=cpu, cores=os.cpu_count(), torch_threads=THREADS, torch=torch.__version__,
-                numpy=np.__version__, load_average_1min=round(os.getloadavg()[0], 2), revision=revision,
+                numpy=np.__version__, **extra, load_average_1min=round(os.getloadavg()[0], 2), revision=revision,
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
