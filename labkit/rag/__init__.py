@@ -1,1 +1,4 @@
-"""Chapter 12: retrieval-augmented generation — every stage from scratch."""
+"""Chapter 12: retrieval-augmented generation — every stage from scratch.
+
+- hnsw: approximate nearest-neighbour search on a layered graph (HNSW), compared with hnswlib.
+"""
