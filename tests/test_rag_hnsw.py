@@ -163,3 +163,14 @@ def test_recall_within_0_02_of_hnswlib_at_equal_settings():
         r_ours = recall([ours.search(q, 10, ef).ids for q in queries], true)
         r_theirs = recall(labels.tolist(), true)
         assert r_ours >= r_theirs - 0.02, (ef, r_ours, r_theirs)
+
+
+def test_a_search_scores_a_small_part_of_the_collection(small):
+    x, queries, index = small
+    counts = []
+    for ef in (10, 20, len(x)):
+        index.scored = 0
+        index.search(queries[0], 10, ef)
+        counts.append(index.scored)
+    assert counts[0] < counts[1] < len(x) / 2, counts
+    assert counts[2] >= len(x), counts  # ef = n scores every vector (the graph is connected)

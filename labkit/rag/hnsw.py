@@ -75,6 +75,7 @@ class HNSW:
         self._row_of: dict[Hashable, int] = {}
         self.graph: list[dict[int, list[int]]] = []  # graph[l][node] = node's neighbours on layer l
         self.entry: int | None = None  # the node on the top layer where every search starts
+        self.scored = 0  # distances computed so far (building and searching); set it to 0 to count one search
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -87,6 +88,7 @@ class HNSW:
 
     def _distances(self, q: np.ndarray, nodes: Sequence[int] | np.ndarray) -> np.ndarray:
         """Distance from q to each of `nodes`, all at once (one matrix-vector product)."""
+        self.scored += len(nodes)  # how much of the collection a search touches: the point of the index
         x = self.vectors[nodes]
         if self.space == "cosine":
             return 1.0 - x @ q
