@@ -1,5 +1,7 @@
 """Chapter 12: retrieval-augmented generation — every stage from scratch.
 
 - evalset: the evaluation set (questions, gold sections, short answers, a held-out split) as Questions and qrels.
+- index: one chunking strategy's chunks searchable by BM25, dense cosine or both fused (RRF), mapped to sections;
+  `corpus_index()` loads the course corpus with its saved embeddings; `evaluate` gives Recall@k, MRR, nDCG@10.
 - hnsw: approximate nearest-neighbour search on a layered graph (HNSW), compared with hnswlib.
 """
