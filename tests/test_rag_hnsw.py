@@ -130,6 +130,9 @@ def test_bad_input():
     index.add(np.eye(4), ids=list("abcd"))
     with pytest.raises(ValueError, match="ids must be unique and new; 'a'"):
         index.add(np.eye(4)[:1], ids=["a"])
+    with pytest.raises(ValueError, match="ids must be unique and new; 'e'"):
+        index.add(np.eye(4)[:2], ids=["e", "e"])
+    assert len(index) == 4
     with pytest.raises(ValueError, match="k must be >= 1, got k=0"):
         index.search(np.ones(4), k=0)
     with pytest.raises(TypeError, match="k must be an int"):

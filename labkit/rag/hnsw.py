@@ -119,10 +119,11 @@ class HNSW:
             raise ValueError(f"need one id per vector: {len(x)} vectors, "
                              f"{'a string of' if isinstance(ids, str) else len(ids)} ids")
         ids = list(ids)
-        repeated = [i for i in ids if i in self._row_of]
-        if repeated or len(set(ids)) != len(ids):
-            raise ValueError(f"ids must be unique and new; {repeated[0] if repeated else 'one'!r} is given twice "
-                             "or already in the index")
+        seen: set[Hashable] = set()
+        for label in ids:
+            if label in self._row_of or label in seen:
+                raise ValueError(f"ids must be unique and new; {label!r} is given twice or already in the index")
+            seen.add(label)
         if self.space == "cosine":
             norms = np.linalg.norm(x, axis=1)
             if (norms == 0).any():
