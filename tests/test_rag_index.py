@@ -3,13 +3,15 @@ maps chunks to sections, refuses bad input clearly, and the saved embeddings of 
 import pytest
 import torch
 
+from labkit.course import saved
+from labkit.rag import index as rag_index
 from labkit.rag.bm25 import BM25
 from labkit.rag.chunking import chunk_documents
 from labkit.rag.dense import DenseIndex, embed
 from labkit.rag.documents import pydoc_document
 from labkit.rag.evalset import Question
 from labkit.rag.fusion import reciprocal_rank_fusion
-from labkit.rag.index import Index, evaluate, tokenize
+from labkit.rag.index import Index, corpus_index, evaluate, tokenize
 
 # Four small documents in the pydoc format (reST headings), with sections long and short enough that fixed-size
 # windows of 200 words straddle headings and heading chunks cut a long section in two.
@@ -218,3 +220,27 @@ def test_evaluate_scores_the_section_rankings(heading):
         evaluate(heading, [])
     with pytest.raises(ValueError, match="method must be one of"):
         evaluate(heading, [found], method="tfidf")
+
+
+# ---------------------------------------------------------------- the course corpus and its saved embeddings
+
+def test_corpus_index_refuses_embeddings_of_another_corpus(monkeypatch):
+    real = saved.load(rag_index.SAVED_RUN)
+    for change, message in [({"fingerprint": "0" * 64}, "computed on a different corpus: fingerprint 000000000000"),
+                            (None, "hold 3 vectors but the corpus has")]:
+        record = dict(real.record, **change) if change else real.record
+        tensors = real.tensors if change else dict(real.tensors, heading=real.tensors["heading"][:3])
+        monkeypatch.setattr(saved, "load", lambda name, **_: saved.SavedRun(name, record, real.meta, tensors))
+        rag_index.corpus_index.cache_clear()
+        with pytest.raises(ValueError, match=message + r".*python -m labkit.course save 12-embeddings"):
+            corpus_index("heading")
+    rag_index.corpus_index.cache_clear()
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "sentence", "heading"])
+def test_saved_embeddings_equal_embedding_a_few_chunks_now(strategy):
+    ix = corpus_index(strategy)
+    assert ix.embeddings.shape == (saved.load(rag_index.SAVED_RUN).record["strategies"][strategy]["chunks"], 384)
+    picks = torch.randperm(len(ix.chunks), generator=torch.Generator().manual_seed(12))[:4].tolist()
+    live = embed([ix.chunks[i].text for i in picks])
+    assert torch.nn.functional.cosine_similarity(live, ix.embeddings[picks]).min() >= 0.9999

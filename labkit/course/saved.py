@@ -276,3 +276,15 @@ def _structured() -> tuple[dict, dict[str, torch.Tensor]]:
 RUNS["10-structured"] = _structured
 # greedy SmolLM2 replies; the notebook re-runs a few live and asserts they equal the record
 MEASURES["10-structured"] = ("labkit/prompting/constrained.py", "data/extraction/people.jsonl")
+
+
+def _rag_embeddings() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.rag.index import embeddings_run
+
+    return embeddings_run()
+
+
+RUNS["12-embeddings"] = _rag_embeddings
+# MiniLM vectors of every chunk of the three chunking strategies; labkit.rag.index.corpus_index refuses them when
+# the corpus fingerprint or a chunk count changed, and the retrieval notebook re-embeds a few chunks live
+MEASURES["12-embeddings"] = ("labkit/rag/dense.py", "labkit/rag/chunking.py", "labkit/rag/documents.py")
