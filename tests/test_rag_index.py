@@ -244,3 +244,13 @@ def test_saved_embeddings_equal_embedding_a_few_chunks_now(strategy):
     picks = torch.randperm(len(ix.chunks), generator=torch.Generator().manual_seed(12))[:4].tolist()
     live = embed([ix.chunks[i].text for i in picks])
     assert torch.nn.functional.cosine_similarity(live, ix.embeddings[picks]).min() >= 0.9999
+
+
+def test_a_prebuilt_bm25_must_index_the_same_chunks(heading):
+    args = (heading.docs, heading.chunks, heading.embeddings)
+    with pytest.raises(ValueError, match=f"bm25 must index these {len(heading.chunks)} chunks with variant 'lucene'"):
+        Index(*args, bm25=BM25("lucene").index([["a"]]))
+    with pytest.raises(ValueError, match="with variant 'lucene', got BM25\\('atire'"):
+        Index(*args, bm25=BM25("atire").index([tokenize(c.text) for c in heading.chunks]))
+    same = Index(*args, bm25=heading.bm25)
+    assert same.search("break a loop", 5, "bm25").hits == heading.search("break a loop", 5, "bm25").hits

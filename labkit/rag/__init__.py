@@ -3,5 +3,7 @@
 - evalset: the evaluation set (questions, gold sections, short answers, a held-out split) as Questions and qrels.
 - index: one chunking strategy's chunks searchable by BM25, dense cosine or both fused (RRF), mapped to sections;
   `corpus_index()` loads the course corpus with its saved embeddings; `evaluate` gives Recall@k, MRR, nDCG@10.
+- store: an index saved to / loaded from one SQLite file (chunks, embeddings, BM25 statistics, corpus
+  fingerprint), so a restarted notebook reloads instead of re-embedding; a changed corpus invalidates it.
 - hnsw: approximate nearest-neighbour search on a layered graph (HNSW), compared with hnswlib.
 """

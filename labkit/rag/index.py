@@ -76,7 +76,10 @@ class Index:
     """
 
     def __init__(self, docs: Sequence[Document], chunks: Sequence[Chunk], embeddings: torch.Tensor,
-                 strategy: str = "heading", variant: str = "lucene", candidates: int = CANDIDATES):
+                 strategy: str = "heading", variant: str = "lucene", candidates: int = CANDIDATES,
+                 bm25: BM25 | None = None):
+        """Index `chunks` (of `docs`, made by `strategy`) with their `embeddings`; `bm25`, if given, is an index
+        of the chunks already built (labkit.rag.store rebuilds it from stored statistics), else one is built."""
         if not chunks:
             raise ValueError("cannot build an index over an empty corpus: there are no chunks "
                              f"(got {len(docs)} documents)")
@@ -93,7 +96,11 @@ class Index:
         self._by_id = {c.id: c for c in self.chunks}
         if len(self._by_id) != len(self.chunks):
             raise ValueError("chunk ids must be unique")
-        self.bm25 = BM25(variant).index([tokenize(c.text) for c in self.chunks])
+        if bm25 is None:
+            bm25 = BM25(variant).index([tokenize(c.text) for c in self.chunks])
+        elif bm25.variant != variant or getattr(bm25, "n_docs", None) != len(self.chunks):
+            raise ValueError(f"bm25 must index these {len(self.chunks)} chunks with variant {variant!r}, got {bm25!r}")
+        self.bm25 = bm25
         self.dense = DenseIndex(emb, self.ids)
         self._sections = self._section_map()
 
