@@ -6,4 +6,7 @@
 - store: an index saved to / loaded from one SQLite file (chunks, embeddings, BM25 statistics, corpus
   fingerprint), so a restarted notebook reloads instead of re-embedding; a changed corpus invalidates it.
 - hnsw: approximate nearest-neighbour search on a layered graph (HNSW), compared with hnswlib.
+- advanced: multi-query retrieval (RAG-fusion of LLM rewrites) and reranking by the LLM's Yes/No log-probability.
+- long_docs: whole long documents vs chunks mapped to documents (max / sum), and what truncation at 256 word
+  pieces hides from a whole-document embedding.
 """
