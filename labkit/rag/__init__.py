@@ -9,4 +9,8 @@
 - advanced: multi-query retrieval (RAG-fusion of LLM rewrites) and reranking by the LLM's Yes/No log-probability.
 - long_docs: whole long documents vs chunks mapped to documents (max / sum), and what truncation at 256 word
   pieces hides from a whole-document embedding.
+- generate: grounded answers from numbered passages, citations parsed (never evaluated) or read from
+  log-probabilities, answer EM / F1 / contains with vs without retrieval, citation precision.
+- lost_middle: the gold passage at each position among distractors (Liu et al.'s lost-in-the-middle sweep).
+- compress: extractive context compression, the question's best sentences within a word budget, order kept.
 """
