@@ -163,7 +163,7 @@ EXPECTED = {  # attack -> the reason the sandbox gives (a regex), and why
     "9**9**9": r"cpu|timeout",  # the big power is computed: the CPU limit stops it (the timeout on a loaded machine)
     "'+0' * 200000": r"error: RecursionError",  # Python's compiler refuses the 200000-deep tree
     "deep recursion": r"error: RecursionError",  # Python's own recursion limit
-    "path traversal ../../": r"forbidden: open '\.\./\.\./escape\.txt' for writing outside the working folder",
+    "path traversal ../../": r"forbidden: open '\.\./\.\./escape\.txt' for writing: not a file in the working folder",
     "symlink out of the folder": r"forbidden: os\.symlink",
     "fork bomb": r"forbidden: os\.fork",
     "memory hog": r"memory",
@@ -203,16 +203,14 @@ def test_catching_the_refusal_does_not_help():
 
 
 @pytest.mark.parametrize("code, reason", [
-    ("open('/tmp/labkit-escape', 'w')", r"forbidden: open '/tmp/labkit-escape' for writing outside"),
-    ("open('/proc/self/cwd/../labkit-escape', 'a')", r"forbidden: open .* outside"),  # a symlink in the path
+    ("open('/tmp/labkit-escape', 'w')", r"forbidden: open '/tmp/labkit-escape' for writing: not a file in the"),
+    ("open('/proc/self/cwd/../labkit-escape', 'a')", r"forbidden: open .* not a file in"),  # a symlink in the path
     ("open('/proc/self/mem', 'wb')", r"forbidden: open '/proc/self/mem'"),  # patching its own memory
-    ("import os\nos.open('/tmp/labkit-escape', os.O_WRONLY | os.O_CREAT)", r"forbidden: open .* outside"),
+    ("import os\nos.open('/tmp/labkit-escape', os.O_WRONLY | os.O_CREAT)", r"forbidden: open .* not a file in"),
     ("import os\nos.open('x', os.O_WRONLY | os.O_CREAT)", r"forbidden: open 'x' for writing: os\.open needs"),
     ("import os\nos.rename('/etc/hostname', 'h')", r"forbidden: os\.rename outside"),
     ("import os\nos.remove('/tmp/labkit-escape')", r"forbidden: os\.remove outside"),
     ("import os\nos.mkdir('../labkit-escape')", r"forbidden: os\.mkdir outside"),
-    ("import shutil\nshutil.rmtree('/tmp/labkit-escape-dir')", r"forbidden: os\.(remove|rmdir) outside|error: "
-                                                              r"FileNotFoundError"),
     ("import os\nos.chmod('.', 0o777)", r"forbidden: os\.chmod"),
     ("import os\nos.kill(os.getppid(), 9)", r"forbidden: os\.kill"),  # the caller survives: this test runs on
     ("import os\nos.execv('/bin/sh', ['sh'])", r"forbidden: os\.exec"),
@@ -326,3 +324,40 @@ def test_reference_row_smolagents_local_python_executor(name, reference):
     got = reference[name]
     assert (got["outcome"], bool(re.search(detail, got["detail"]))) == (outcome, True), got
     assert not got["pwned"] and not got["escaped"]  # no attack's payload ran there either
+
+
+def test_native_code_and_device_nodes_are_refused():
+    """Two classic ways past an audit hook: load machine code the hook never sees (a .so written into the
+    folder), and write to hardware through a device node (root may mknod one; mknod has no audit event)."""
+    import _bisect  # a small extension module of the standard library, copied into the sandbox's folder
+
+    name = Path(_bisect.__file__).name  # e.g. _bisect.cpython-311-x86_64-linux-gnu.so
+    code = (f"import sys\nopen({name!r}, 'wb').write(open({_bisect.__file__!r}, 'rb').read())\n"
+            "sys.path.insert(0, '.')\nimport _bisect")
+    result = run_python(code, Limits(file_bytes=2**20))
+    assert re.match(r"forbidden: import of native code from '.*_bisect", result.stopped_by), result
+    assert run_python("import _bisect, math\nprint(math.sqrt(4))", SMALL).stdout == "2.0\n"  # the stdlib's own
+    if ROOT:
+        code = "import os, stat\nos.mknod('null', stat.S_IFCHR | 0o600, os.makedev(1, 3))\nopen('null', 'w')"
+        result = run_python(code, SMALL)
+        assert result.stopped_by == "forbidden: open 'null' for writing: not a file in the working folder", result
+
+
+def test_deleting_a_folder_outside_is_refused_and_it_survives(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    result = run_python(f"import shutil\nshutil.rmtree({str(victim)!r})", SMALL)  # unlinks by dir_fd + name
+    assert re.match(r"forbidden: os\.(remove|rmdir) outside the working folder", result.stopped_by), result
+    assert (victim / "keep.txt").read_text() == "precious"
+
+
+def test_the_hook_is_out_of_the_programs_reach():
+    """No frame below the program and no module attribute holds the hook or the closure it reads (the folder,
+    the refused events): the program can only see the bootstrap's plain settings."""
+    code = ("import sys\nframe = sys._getframe().f_back\nprint(sorted(frame.f_locals))\n"
+            "print(sorted(k for k in vars(sys.modules['__main__']) if not k.startswith('__')))")
+    frame_names, module_names = run_python(code, SMALL).stdout.splitlines()
+    for name in ("hook", "stop", "inside", "resolve", "root", "forbidden"):
+        assert f"'{name}'" not in frame_names + module_names
+    assert module_names == "['_make_hook', '_sandbox', 'json', 'os', 'resource', 'sys']"

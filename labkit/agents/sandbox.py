@@ -23,10 +23,11 @@ this module lets the program run and puts walls around the *process*, in layers,
    interpreter calls it on security-relevant events: `open`, `socket.connect`, `os.fork`, `subprocess.Popen`,
    `import`, `os.remove` ... The hook refuses network (any `socket.*` event), writes, renames, deletions and
    directory creation outside the working folder (paths resolved through `..` and symlinks), links, permission
-   changes, new processes and `exec`, signals to other processes, raising resource limits, `ctypes`, crafting
-   code objects, tracing hooks and the garbage collector's object walks. A refused event ends the program at
-   once (`os._exit`), so a `try/except` around the attack does not help it; the result names the event.
-   `import os` stays allowed — what is refused is what `os` would be used to *do*.
+   changes, writes to device nodes, new processes and `exec`, signals to other processes, raising resource
+   limits, `ctypes`, native extensions from anywhere but the interpreter's own folder, crafting code objects,
+   tracing hooks and the garbage collector's object walks (reading files is not restricted). A refused event
+   ends the program at once (`os._exit`), so a `try/except` around the attack does not help it; the result
+   names the event. `import os` stays allowed — what is refused is what `os` would be used to *do*.
 
 The result says which wall stopped a program: `timeout`, `cpu`, `memory`, `file_size`, `processes`,
 `open_files`, `forbidden: <event> ...`, `error: <exception>` (the program raised), `exit: <code>`,
@@ -142,6 +143,9 @@ def _make_hook(cfg):
     # can patch a module (os.lstat = ..., posixpath.realpath = ...); its state lives in this closure, and once
     # this function returns no frame or name points to that closure (only the interpreter's list of hooks).
     root, status_fd = cfg["root"], cfg["status_fd"]
+    # native extensions may load only from the interpreter's own folder of them (where `resource` came from): a
+    # program that writes a .so into its folder and imports it would run machine code the hook never sees
+    dynload = os.path.dirname(os.path.realpath(resource.__file__))
     forbidden, prefixes = frozenset(cfg["forbidden"]), tuple(cfg["prefixes"])
     modules, path_events = frozenset(cfg["modules"]), frozenset(cfg["path_events"])
     lstat, readlink, getcwd, write, exit_now = os.lstat, os.readlink, os.getcwd, os.write, os._exit
@@ -200,12 +204,17 @@ def _make_hook(cfg):
                 done = here
         return done or "/"
 
-    def inside(path, event, dir_fd=None):
+    def inside(path, event, dir_fd=None, folder=None):
         path = text(path, event)
         if path is None:
             return True  # an open descriptor: only the folder's files or stdio can be open for writing
-        where = resolve(path, dir_fd)
-        return where is not None and (where == root or where.startswith(root + "/"))
+        where, folder = resolve(path, dir_fd), folder or root
+        if where is None or not (where == folder or where.startswith(folder + "/")):
+            return False
+        try:  # a device node (root may mknod one, with no audit event) opened for writing reaches the hardware
+            return lstat(where).st_mode & 0o170000 not in (0o020000, 0o060000)
+        except OSError:
+            return True
 
     def hook(event, args):
         if event in forbidden or event.startswith(prefixes):
@@ -213,6 +222,8 @@ def _make_hook(cfg):
         elif event == "import":
             if args[0].partition(".")[0] in modules:
                 stop("import " + args[0])
+            if args[1] is not None and not inside(args[1], event, folder=dynload):  # a native extension's file
+                stop("import of native code from %r" % (args[1],))
         elif event == "open":
             path, mode, flags = args
             if (flags or 0) & writing or (mode is not None and any(c in mode for c in "wax+")):
@@ -220,7 +231,7 @@ def _make_hook(cfg):
                     # os.open may carry a dir_fd the event does not show: relative writes go through open()
                     stop("open %r for writing: os.open needs an absolute path here" % (path,))
                 if not inside(path, "open"):
-                    stop("open %r for writing outside the working folder" % (path,))
+                    stop("open %r for writing: not a file in the working folder" % (path,))
         elif event in path_events:
             if event in ("os.remove", "os.rmdir", "os.mkdir"):
                 ok = inside(args[0], event, args[-1])
