@@ -157,7 +157,7 @@ def sample_questions(n_pydoc: int = 9, n_course: int = 3, seed: int = 0) -> list
     return [q for q in test if q.id in picked]
 
 
-def memory_run(llm: LLM | None = None, index: Index | None = None, *, budgets: Sequence[int] = (512, 2048),
+def memory_run(llm: LLM | None = None, index: Index | None = None, *, budgets: Sequence[int] = (1024, 2048),
                ks: Sequence[int] = (1, 3), long_budgets: Sequence[int] = (4096, CONTEXT - ANSWER_TOKENS),
                n_pydoc: int = 9, n_course: int = 3, seed: int = 0, progress: bool = True) -> dict:
     """Saved run `12-memory`: every sampled question asked with its gold chunk alone, with stuffed contexts of
