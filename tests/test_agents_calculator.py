@@ -1,6 +1,5 @@
 """labkit.agents.calculator: exact arithmetic that agrees with Fraction arithmetic, and a clear refusal for
 everything else (each attack of the chapter's safety list that targets a calculator)."""
-import time
 from fractions import Fraction
 
 import pytest
@@ -142,12 +141,9 @@ REFUSALS = [
 
 @pytest.mark.parametrize("text, reason", REFUSALS, ids=[t[:24] for t, _ in REFUSALS])
 def test_each_refusal_names_what_was_refused(text, reason):
-    start = time.perf_counter()
     with pytest.raises(CalculatorError, match=reason):
         evaluate(text)
     assert calculator(text).startswith("error: ")  # the tool answers with an observation, never raises
-    # a refusal is immediate: nothing was computed (a generous bound, for a loaded machine)
-    assert time.perf_counter() - start < 2.0
 
 
 def test_refusals_come_before_any_work():

@@ -353,17 +353,18 @@ def run_python(code: str, limits: Limits | None = None, *, allow: Iterable[str] 
         "forbidden": sorted(FORBIDDEN_EVENTS - allow), "prefixes": list(FORBIDDEN_PREFIXES),
         "modules": sorted(FORBIDDEN_MODULES), "path_events": sorted(PATH_EVENTS)})
     env = {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LC_ALL": "C.UTF-8"}
-    start = time.monotonic()
+    start, proc = time.monotonic(), None
     try:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, config], cwd=root, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(status_w,), start_new_session=True)
-    finally:
-        os.close(status_w)
-    try:
+        try:
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP, config], cwd=root,
+                                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, pass_fds=(status_w,), start_new_session=True)
+        finally:
+            os.close(status_w)  # the child holds its copy; ours would keep the status pipe from ever closing
         return _supervise(proc, status_r, limits, start)
     finally:
-        _kill_group(proc.pid)
+        if proc is not None:
+            _kill_group(proc.pid)  # also when the caller is interrupted (KeyboardInterrupt) mid-run
         os.close(status_r)
         shutil.rmtree(folder, ignore_errors=True)
 
