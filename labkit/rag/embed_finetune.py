@@ -320,7 +320,8 @@ def retrieval_metrics(run: dict[str, list[str]], qrels: dict[str, dict[str, int]
 
 def run(config: Config = Config()) -> tuple[dict, dict[str, torch.Tensor]]:
     """The saved run "12-embed-finetune": mine, train, re-embed the corpus, and measure dense section retrieval
-    before and after on the evaluation set's dev and test splits (the questions are never trained on)."""
+    before and after on the evaluation set's dev and test splits (the questions are never trained on), and on
+    a probe of up to 200 fresh sentence pseudo-queries (the kind of query training saw, but not these)."""
     from labkit.rag.documents import corpus_fingerprint
     from labkit.rag.evalset import load_questions, qrels
     from labkit.rag.index import corpus_index
@@ -332,12 +333,22 @@ def run(config: Config = Config()) -> tuple[dict, dict[str, torch.Tensor]]:
     texts = [c.text for c in chunks]
     t0 = time.perf_counter()
     triplets = mine_triplets(docs, chunks, seed=config.seed)
-    tokenizer, model = load_minilm()
-    base_q = embed_with(tokenizer, model, [q.question for q in questions])
+    base_tokenizer, base_model = load_minilm()
+    base_q = embed_with(base_tokenizer, base_model, [q.question for q in questions])
+    tokenizer, model = load_minilm()  # a second copy to train (the first stays pretrained, for the probe)
     t1 = time.perf_counter()
     model, losses = finetune(triplets, config, model=model, tokenizer=tokenizer, progress=True)
     t2 = time.perf_counter()
     tuned_q = embed_with(tokenizer, model, [q.question for q in questions])
+    # a probe of what training taught: fresh sentence queries (another seed picks other sentences), none of them
+    # a training anchor, retrieved before and after; their gold is the section they were cut from
+    trained = {t.anchor.lower() for t in triplets}
+    probe = [t for t in mine_triplets(docs, chunks, seed=config.seed + 1)
+             if t.kind == "sentence" and t.anchor.lower() not in trained][:200]
+    probe_ids = [f"p{i:03d}" for i in range(len(probe))]
+    probe_qrels = {pid: {t.section: 1} for pid, t in zip(probe_ids, probe)}
+    probe_base = embed_with(base_tokenizer, base_model, [t.anchor for t in probe])
+    probe_tuned = embed_with(tokenizer, model, [t.anchor for t in probe])
     tuned_c = embed_with(tokenizer, model, texts, progress=True)
     tuned = Index(docs, chunks, tuned_c)
     metrics = {}
@@ -347,12 +358,16 @@ def run(config: Config = Config()) -> tuple[dict, dict[str, torch.Tensor]]:
             rows = [i for i, q in enumerate(questions) if q.split == split]
             qs = [questions[i] for i in rows]
             metrics[name][split] = retrieval_metrics(section_run(index, qe[rows], [q.id for q in qs]), qrels(qs))
+        pe = probe_base if name == "before" else probe_tuned
+        metrics[name]["probe"] = retrieval_metrics(section_run(index, pe, probe_ids), probe_qrels)
     record = {"config": asdict(config), "corpus": corpus_fingerprint(docs), "n_chunks": len(chunks),
               "n_questions": {s: sum(q.split == s for q in questions) for s in ("dev", "test")},
               "triplets": {"total": len(triplets), "heading": sum(t.kind == "heading" for t in triplets),
                            "sentence": sum(t.kind == "sentence" for t in triplets)},
+              "probe": {"seed": config.seed + 1, "queries": len(probe)},
               "losses": losses, "metrics": metrics, "question_ids": [q.id for q in questions],
               "train_seconds": round(t2 - t1, 1), "mine_and_embed_seconds": round(t1 - t0, 1)}
     # the tuned weights (87 MB) are not kept: the notebook needs only the vectors they made
-    tensors = {"base.questions": base_q, "tuned.questions": tuned_q, "tuned.chunks": tuned_c}
+    tensors = {"base.questions": base_q, "tuned.questions": tuned_q, "tuned.chunks": tuned_c,
+               "base.probe": probe_base, "tuned.probe": probe_tuned}
     return record, tensors
