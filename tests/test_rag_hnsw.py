@@ -177,3 +177,24 @@ def test_a_search_scores_a_small_part_of_the_collection(small):
         counts.append(index.scored)
     assert counts[0] < counts[1] < len(x) / 2, counts
     assert counts[2] >= len(x), counts  # ef = n scores every vector (the graph is connected)
+
+
+def test_exact_search_is_brute_force_and_ef_n_matches_it(small):
+    x, queries, index = small
+    true = exact_top(x, queries, 10)
+    for q, t in zip(queries[:10], true):
+        exact = index.exact_search(q, k=10)
+        assert exact.ids == t.tolist()
+        assert index.search(q, k=10, ef=len(x)).hits == exact.hits  # the same ids and the same scores
+
+
+def test_repeated_vectors_tie_to_the_first_added_in_both_searches():
+    x = clustered(80, 8, seed=9)
+    x = np.concatenate([x, x[:20]])  # rows 80..99 repeat rows 0..19
+    index = HNSW(8, M=4, ef_construction=30, seed=0).add(x)
+    for i in range(20):
+        assert index.exact_search(x[i], k=2).ids == [i, 80 + i]
+        assert index.search(x[i], k=2, ef=100).ids == [i, 80 + i]
+    with pytest.raises(ValueError, match="index is empty"):
+        HNSW(8).exact_search(x[0])
+    assert index.exact_search(np.zeros(8)).reason.startswith("query is all zeros")

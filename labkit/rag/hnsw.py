@@ -26,8 +26,9 @@ candidates are all kept, and a search with ef < k uses ef = k.
 
 Distances: "cosine" is 1 - <x, q> on unit-length vectors (hnswlib's "cosine" space, the score reported is the
 cosine itself); "l2" is the squared Euclidean distance (score = minus it), for pictures in the plane. Vectors are
-kept in float64, so a distance is the same to ~1e-16 on every CPU and the graph built does not depend on the
-machine's BLAS kernels (a near-tie decided differently would change the whole graph after it).
+kept in float64 and each distance is one dot product of its own (never a row of a BLAS matrix product), so the
+graph built does not depend on the machine: a near-tie (or an exact one, between repeated vectors) decided
+differently elsewhere would change every insertion after it.
 """
 from __future__ import annotations
 
@@ -90,10 +91,14 @@ class HNSW:
         """Distance from q to each of `nodes`, all at once (one matrix-vector product)."""
         self.scored += len(nodes)  # how much of the collection a search touches: the point of the index
         x = self.vectors[nodes]
+        # one dot product per row (np.vecdot), not a matrix-vector product (x @ q): BLAS's gemv sums a row in an
+        # order that depends on the row's place in its block, so two identical stored vectors (the corpus repeats
+        # chunks) get distances one ulp apart, and which copy wins the tie changes from call to call and machine
+        # to machine (tests/test_rag_hnsw.py checks that the first one added wins)
         if self.space == "cosine":
-            return 1.0 - x @ q
+            return 1.0 - np.vecdot(x, q)
         diff = x - q
-        return np.einsum("ij,ij->i", diff, diff)
+        return np.vecdot(diff, diff)
 
     def _as_vectors(self, x, what: str) -> np.ndarray:
         a = np.asarray(x, dtype=np.float64)
@@ -125,7 +130,7 @@ class HNSW:
                 raise ValueError(f"ids must be unique and new; {label!r} is given twice or already in the index")
             seen.add(label)
         if self.space == "cosine":
-            norms = np.linalg.norm(x, axis=1)
+            norms = np.sqrt(np.vecdot(x, x))
             if (norms == 0).any():
                 raise ValueError(f"vector for id {ids[int(np.argmax(norms == 0))]!r} is all zeros: its cosine with "
                                  "anything is undefined")
@@ -247,6 +252,29 @@ class HNSW:
         """
         _check_k(k)
         ef = _check_int("ef", ef, 1)
+        q = self._as_query(query)
+        if q is None:
+            return Results([], reason="query is all zeros: cosine is undefined")
+        node = self.entry
+        for layer in range(self.max_level, 0, -1):
+            node = self._greedy(q, node, layer)
+        return self._results(self._search_layer(q, [node], max(ef, k), 0)[:k])
+
+    def exact_search(self, query, k: int = 10) -> Results:
+        """Brute force over the same vectors with the same distances: the truth that recall is measured against.
+
+        Ties go to the vector added first, as in search() (whose heaps order equal distances by row).
+        """
+        _check_k(k)
+        q = self._as_query(query)
+        if q is None:
+            return Results([], reason="query is all zeros: cosine is undefined")
+        d = self._distances(q, np.arange(len(self)))
+        top = np.argsort(d, kind="stable")[:k]
+        return self._results(list(zip(d[top].tolist(), top.tolist())))
+
+    def _as_query(self, query) -> np.ndarray | None:
+        """The query as float64 (unit length in cosine space); None for an all-zero cosine query."""
         q = np.asarray(query, dtype=np.float64)
         if q.ndim != 1 or q.shape[0] != self.dim:
             raise ValueError(f"query must be a vector of {self.dim} numbers (the index's dim), got shape {q.shape}")
@@ -255,13 +283,10 @@ class HNSW:
         if self.entry is None:
             raise ValueError("the index is empty: add vectors before searching")
         if self.space == "cosine":
-            norm = np.linalg.norm(q)
-            if norm == 0:
-                return Results([], reason="query is all zeros: cosine is undefined")
-            q = q / norm
-        node = self.entry
-        for layer in range(self.max_level, 0, -1):
-            node = self._greedy(q, node, layer)
-        found = self._search_layer(q, [node], max(ef, k), 0)[:k]
+            norm = np.sqrt(np.vecdot(q, q))
+            return None if norm == 0 else q / norm
+        return q
+
+    def _results(self, found: list[tuple[float, int]]) -> Results:
         to_score = (lambda d: 1.0 - d) if self.space == "cosine" else (lambda d: -d)
         return Results([(self.ids[n], float(to_score(d))) for d, n in found])
