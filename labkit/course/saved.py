@@ -288,3 +288,15 @@ RUNS["12-embeddings"] = _rag_embeddings
 # MiniLM vectors of every chunk of the three chunking strategies; labkit.rag.index.corpus_index refuses them when
 # the corpus fingerprint or a chunk count changed, and the retrieval notebook re-embeds a few chunks live
 MEASURES["12-embeddings"] = ("labkit/rag/dense.py", "labkit/rag/chunking.py", "labkit/rag/documents.py")
+
+
+def _rag_generation() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.rag.generate import generation_run
+
+    return generation_run(), {}
+
+
+RUNS["12-generation"] = _rag_generation
+# greedy SmolLM2 answers over stored passages; the notebook re-runs a few live and asserts they equal the record
+MEASURES["12-generation"] = ("labkit/rag/generate.py", "labkit/rag/lost_middle.py", "labkit/rag/compress.py",
+                             "data/rag-questions/questions.jsonl")
