@@ -159,3 +159,28 @@ def test_citation_precision_counts_by_hand():
     with pytest.raises(ValueError, match="same length"):
         G.citation_precision(answers, passages[:1], golds)
     assert G.citation_precision([], [], [])["precision"] is None
+
+
+# ---------------------------------------------------------------- the saved run
+
+def test_saved_run_rescores_and_one_answer_reproduces_live():
+    """Every recorded reply re-parses and re-scores to the recorded numbers; one greedy closed-book answer,
+    re-run on SmolLM2 now, equals the recorded text (the notebook re-runs more)."""
+    from labkit.course import saved
+    from labkit.llm import connect
+    from labkit.rag.evalset import load_questions
+
+    rec = saved.load("12-generation").record
+    for r in rec["questions"]:
+        for name, n in (("closed", 0), ("top", rec["k"]), ("gold", 1)):
+            a = r[name]
+            if a is not None:
+                s = G.score(a["text"], r["answers"], n, a["finish"], a["scored_citation"])
+                assert (s.parsed.answer, s.parsed.status, s.exact_match, s.f1, s.contains) == \
+                    (a["answer"], a["status"], a["em"], a["f1"], a["contains"]), (r["id"], name)
+    summary = G.summarize(rec)
+    assert summary["conditions"]["top"]["n"] == len(rec["questions"])
+    assert set(summary["lost_middle"]["accuracy"]) == set(rec["lost_middle"]["positions"])
+    q = {x.id: x for x in load_questions()}[rec["questions"][0]["id"]]
+    live = G.answer(connect(), q.question, (), q.answers)
+    assert live.text == rec["questions"][0]["closed"]["text"]
