@@ -43,6 +43,7 @@ M, EF_CONSTRUCTION, K = 16, 100, 10
 EFS = (10, 20, 40, 80, 160)
 QUERIES = 200
 SYNTHETIC = 20_000
+QUICK_SYNTHETIC = 5_000  # the default run (make test); the saved run uses SYNTHETIC
 REPEATS = 3
 GOAL_RECALL = 0.02
 RESULTS = Path(__file__).parent / "results" / "hnsw.json"
@@ -129,9 +130,9 @@ def measure_one(data: np.ndarray, queries: np.ndarray, about: str) -> dict:
                 worst_recall_gap=max(r["recall_hnswlib"] - r["recall_labkit"] for r in rows))
 
 
-def measure() -> dict:
+def measure(synthetic: int = SYNTHETIC) -> dict:
     about = machine(hnswlib=version("hnswlib"))
-    sets = {"corpus": corpus_vectors(), "synthetic": synthetic_vectors(SYNTHETIC)}
+    sets = {"corpus": corpus_vectors(), "synthetic": synthetic_vectors(synthetic)}
     return dict(machine=about, M=M, M0=2 * M, ef_construction=EF_CONSTRUCTION, k=K, repeats=REPEATS,
                 goal_recall=GOAL_RECALL, data={name: measure_one(*v) for name, v in sets.items()},
                 load_average_1min_at_end=round(os.getloadavg()[0], 2))
@@ -164,9 +165,12 @@ def report(r: dict) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--save", action="store_true", help=f"write {RESULTS.name} under benchmarks/results")
+    parser.add_argument("--synthetic", type=int, default=None,
+                        help=f"synthetic set size (default {SYNTHETIC:,} with --save; {QUICK_SYNTHETIC:,} otherwise, "
+                             "which keeps `make test` short: building our graph in Python dominates)")
     args = parser.parse_args()
     begin = time.perf_counter()
-    results = measure()
+    results = measure(args.synthetic or (SYNTHETIC if args.save else QUICK_SYNTHETIC))
     report(results)
     if args.save:
         RESULTS.parent.mkdir(exist_ok=True)
