@@ -300,3 +300,15 @@ RUNS["12-generation"] = _rag_generation
 # greedy SmolLM2 answers over stored passages; the notebook re-runs a few live and asserts they equal the record
 MEASURES["12-generation"] = ("labkit/rag/generate.py", "labkit/rag/lost_middle.py", "labkit/rag/compress.py",
                              "data/rag-questions/questions.jsonl")
+
+
+def _embed_finetune() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.rag.embed_finetune import run
+
+    return run()
+
+
+RUNS["12-embed-finetune"] = _embed_finetune
+# MiniLM and its pooling (labkit.rag.dense) are checked by the notebook's live slice (the first training steps
+# re-run and asserted against the record); the pretrained chunk vectors come from the saved run 12-embeddings
+MEASURES["12-embed-finetune"] = ("labkit/rag/embed_finetune.py", "data/rag-questions/questions.jsonl")

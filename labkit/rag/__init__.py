@@ -13,4 +13,6 @@
   log-probabilities, answer EM / F1 / contains with vs without retrieval, citation precision.
 - lost_middle: the gold passage at each position among distractors (Liu et al.'s lost-in-the-middle sweep).
 - compress: extractive context compression, the question's best sentences within a word budget, order kept.
+- embed_finetune: fine-tuning MiniLM on (query, positive, hard negative) triplets mined from the corpus, with
+  the in-batch negatives loss and batches free of false negatives; before/after retrieval measured.
 """
