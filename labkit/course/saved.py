@@ -290,6 +290,18 @@ RUNS["12-embeddings"] = _rag_embeddings
 MEASURES["12-embeddings"] = ("labkit/rag/dense.py", "labkit/rag/chunking.py", "labkit/rag/documents.py")
 
 
+def _rag_advanced() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.rag.advanced import advanced_run
+
+    return advanced_run()
+
+
+RUNS["12-advanced"] = _rag_advanced
+# SmolLM2's rewrites and relevance scores over the hybrid index; the notebook re-searches recorded rewrites and
+# re-scores a few (question, chunk) pairs live, asserting the record
+MEASURES["12-advanced"] = ("labkit/rag/advanced.py", "labkit/rag/long_docs.py")
+
+
 def _rag_generation() -> tuple[dict, dict[str, torch.Tensor]]:
     from labkit.rag.generate import generation_run
 
