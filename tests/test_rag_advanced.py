@@ -175,3 +175,23 @@ def test_relevance_score_on_smollm2_is_the_yes_no_logprob_gap():
     yes, no = llm.logprobs(advanced.relevance_prompt(q, TEXTS["context"]), ["Yes", "No"])
     # 1e-3, not equality: the second call reuses the prompt's cached keys and values, which moves the last digits
     assert s == pytest.approx(yes - no, abs=1e-3) and -30 < s < 30 and s != 0
+
+
+def test_saved_run_slice_reproduces():
+    """The saved run "12-advanced": a recorded fused ranking re-searched, and two recorded judge scores re-scored."""
+    from labkit.course import saved
+    from labkit.llm import connect
+    from labkit.rag.evalset import load_questions
+    from labkit.rag.index import corpus_index
+
+    rec = saved.load("12-advanced").record
+    index, questions = corpus_index("heading"), {q.id: q for q in load_questions()}
+    r = rec["questions"][10]
+    q = questions[r["id"]]
+    n = rec["chosen"]["n"]
+    fused = advanced.multi_query_search(index, [q.question, *r["rewrites"][:n]], k=rec["depth"], depth=rec["depth"])
+    assert index.sections(fused, 10) == rec["runs"][f"multi-query n={n}"][q.id]
+    assert fused.ids[:10] == r["first"][str(n)]
+    llm = connect()
+    for c in r["first"]["0"][:2]:
+        assert abs(advanced.relevance_score(llm, q.question, index.chunk(c).text) - r["scores"][c]) < 1e-3
