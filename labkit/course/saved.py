@@ -314,6 +314,18 @@ MEASURES["12-generation"] = ("labkit/rag/generate.py", "labkit/rag/lost_middle.p
                              "data/rag-questions/questions.jsonl")
 
 
+def _rag_memory() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.rag.memory import memory_run
+
+    return memory_run(), {}
+
+
+RUNS["12-memory"] = _rag_memory
+# greedy SmolLM2 answers with stuffed vs retrieved contexts, prompt tokens, KV bytes and prefill times; the
+# notebook re-asks a few (question, context) pairs live and asserts the record's prompt tokens and answers
+MEASURES["12-memory"] = ("labkit/rag/memory.py", "labkit/rag/evalset.py", "data/rag-questions/questions.jsonl")
+
+
 def _embed_finetune() -> tuple[dict, dict[str, torch.Tensor]]:
     from labkit.rag.embed_finetune import run
 
