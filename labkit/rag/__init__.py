@@ -15,4 +15,6 @@
 - compress: extractive context compression, the question's best sentences within a word budget, order kept.
 - embed_finetune: fine-tuning MiniLM on (query, positive, hard negative) triplets mined from the corpus, with
   the in-batch negatives loss and batches free of false negatives; before/after retrieval measured.
+- memory: short-term memory (everything in the context: KV-cache bytes, prefill time) against long-term memory
+  (top-k from the index), per query, with answer accuracy.
 """
