@@ -153,6 +153,38 @@ def test_heading_positive_drops_its_heading(docs, triplets):
     assert t.positive.startswith("Assert statements are")
 
 
+def starts_with_heading(text: str) -> bool:
+    """A markdown heading, or a reST title (a line underlined by one repeated mark), as the first line."""
+    lines = text.lstrip().splitlines()
+    return bool(lines) and (lines[0].startswith("#") or (len(lines) > 1 and len(set(lines[1].strip())) == 1
+                                                          and len(lines[1].strip()) >= 3
+                                                          and lines[1].strip()[0] in "*=-^~#+"))
+
+
+def heading_gap(triplets: list[Triplet], kind: str) -> float:
+    """Share of negatives minus share of positives that start with a heading line, for one kind of query."""
+    sub = [t for t in triplets if t.kind == kind]
+    return (sum(map(starts_with_heading, (t.negative for t in sub)))
+            - sum(map(starts_with_heading, (t.positive for t in sub)))) / len(sub)
+
+
+def test_fixed_mining_leaves_no_heading_cue(docs, triplets):
+    # as built: a heading query's positive never starts with a heading line, most of its negatives do
+    assert heading_gap(triplets, "heading") > 0.5
+    fixed = mine_triplets(docs, strip_all_headings=True)
+    for kind in ("heading", "sentence"):
+        assert abs(heading_gap(fixed, kind)) < 0.01
+    assert sum(starts_with_heading(t.negative) for t in fixed) == 0
+    # the same queries and positive sections; the negatives are whole passages, cut like the positives
+    assert [(t.anchor, t.section, t.kind) for t in fixed] == [(t.anchor, t.section, t.kind) for t in triplets]
+    assert min(len(t.negative.split()) for t in fixed) >= 20
+    t = next(t for t in fixed if t.negative_section == "pydoc/identifiers@1")
+    assert t.negative.startswith("The following identifiers") and "Keywords" in next(
+        u.negative for u in triplets if u.anchor == t.anchor)
+    with pytest.raises(TypeError, match=r"strip_all_headings must be a bool, got int"):
+        mine_triplets(docs[:2], strip_all_headings=1)
+
+
 def test_mining_is_seeded_and_never_sees_the_questions(docs, triplets):
     from labkit.rag.evalset import load_questions
 
@@ -204,6 +236,9 @@ def test_first_step_matches_the_saved_run(triplets):
     config = Config(**{**record["config"], "steps": 1})
     _, losses = finetune(triplets, config)
     assert abs(losses[0] - record["losses"][0]) < 1e-3
+    # the second training of the run: the same seed on the triplets mined without the heading cue
+    _, losses = finetune(mine_triplets(load_documents(), strip_all_headings=True), config)
+    assert abs(losses[0] - record["fixed"]["losses"][0]) < 1e-3
 
 
 def test_section_run_maps_dense_hits_to_sections(docs):

@@ -116,15 +116,23 @@ def _sentence_example(chunk: Chunk, rng: np.random.Generator, min_words: int = 6
 
 
 def mine_triplets(docs: Sequence[Document], chunks: Sequence[Chunk] | None = None, seed: int = 0,
-                  candidates: int = 30) -> list[Triplet]:
+                  candidates: int = 30, strip_all_headings: bool = False) -> list[Triplet]:
     """Mine (pseudo-query, positive, hard negative) triplets from the corpus: per section, one heading query
     and one sentence query (see the module docstring). `chunks` defaults to the heading-aware chunks.
+
+    `strip_all_headings=False` is the first design: only a heading query's positive loses its heading line, so
+    most hard negatives (whole chunks) start with a heading line and the positives of heading queries never
+    do — a formatting cue that tells them apart without reading them. `strip_all_headings=True` cuts every
+    passage the same way (every positive and every negative loses its leading heading line), which removes
+    the cue (it also skips negatives that are no passage once cut: heading-only stubs under 20 words).
 
     Anchors that occur for two different sections are dropped (ambiguous). Deterministic for a given seed."""
     if not docs or not all(isinstance(d, Document) for d in docs):
         raise TypeError("docs must be a non-empty list of Documents (from labkit.rag.documents.load_documents)")
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
+    if not isinstance(strip_all_headings, bool):
+        raise TypeError(f"strip_all_headings must be a bool, got {type(strip_all_headings).__name__}")
     chunks = list(chunks) if chunks is not None else chunk_documents(docs, "heading")
     sections = chunk_sections(docs, chunks)
     bm25 = BM25("lucene").index([tokenize(c.text) for c in chunks])
@@ -146,22 +154,28 @@ def mine_triplets(docs: Sequence[Document], chunks: Sequence[Chunk] | None = Non
         pick = idx[int(rng.integers(len(idx)))]
         example = _sentence_example(chunks[pick], rng)
         if example is not None:
-            raw.append((example[0], example[1], "sentence", pick))
+            rest = _strip_heading(example[1], chunks[pick].heading) if strip_all_headings else example[1]
+            raw.append((example[0], rest, "sentence", pick))
 
     owners: dict[str, set[str]] = {}
     for anchor, _, _, ci in raw:
         owners.setdefault(anchor.lower(), set()).add(sections[ci])
+    # what a negative's text is: the whole chunk, or (fixed) the chunk cut exactly as the positives are cut;
+    # a chunk that is little more than its heading (a heading-only stub) is then no passage, as for positives
+    passages = [_strip_heading(c.text, c.heading) if strip_all_headings else c.text for c in chunks]
+    min_words = 20 if strip_all_headings else 0
     triplets = []
     for anchor, positive, kind, ci in raw:
         if len(owners[anchor.lower()]) > 1:
             continue
         top = bm25.top_k(tokenize(anchor), k=min(candidates, len(chunks)))
         negative = next((j for j in top.indices
-                         if sections[j] != sections[ci] and anchor.lower() not in _squash(chunks[j].text).lower()),
+                         if sections[j] != sections[ci] and anchor.lower() not in _squash(chunks[j].text).lower()
+                         and len(passages[j].split()) >= min_words),
                         None)
         if negative is None:
             continue
-        triplets.append(Triplet(anchor, positive, chunks[negative].text, sections[ci], sections[negative], kind))
+        triplets.append(Triplet(anchor, positive, passages[negative], sections[ci], sections[negative], kind))
     return triplets
 
 
@@ -318,10 +332,25 @@ def retrieval_metrics(run: dict[str, list[str]], qrels: dict[str, dict[str, int]
             "per_query_recall": per_query}
 
 
+def _train_and_embed(triplets: Sequence[Triplet], config: Config, questions: Sequence[str], probe: Sequence[str],
+                     texts: Sequence[str]) -> tuple[list[float], float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fine-tune a fresh pretrained MiniLM on `triplets`; (losses, seconds, question, probe and chunk vectors)."""
+    tokenizer, model = load_minilm()
+    t0 = time.perf_counter()
+    model, losses = finetune(triplets, config, model=model, tokenizer=tokenizer, progress=True)
+    seconds = time.perf_counter() - t0
+    return (losses, seconds, embed_with(tokenizer, model, questions), embed_with(tokenizer, model, probe),
+            embed_with(tokenizer, model, texts, progress=True))
+
+
 def run(config: Config = Config()) -> tuple[dict, dict[str, torch.Tensor]]:
     """The saved run "12-embed-finetune": mine, train, re-embed the corpus, and measure dense section retrieval
     before and after on the evaluation set's dev and test splits (the questions are never trained on), and on
-    a probe of up to 200 fresh sentence pseudo-queries (the kind of query training saw, but not these)."""
+    a probe of up to 200 fresh sentence pseudo-queries (the kind of query training saw, but not these).
+
+    Two trainings, same seed and steps, from the same pretrained weights: the first design's triplets
+    (`strip_all_headings=False`, recorded as "losses"/"metrics"["after"]/"tuned.*") and the fixed ones, cut
+    without the heading-line cue (recorded under "fixed" and "fixed.*")."""
     from labkit.rag.documents import corpus_fingerprint
     from labkit.rag.evalset import load_questions, qrels
     from labkit.rag.index import corpus_index
@@ -330,44 +359,52 @@ def run(config: Config = Config()) -> tuple[dict, dict[str, torch.Tensor]]:
     base = corpus_index("heading")  # the pretrained model's chunk vectors (saved run 12-embeddings)
     docs, chunks = base.docs, base.chunks
     questions = load_questions()
+    question_texts = [q.question for q in questions]
     texts = [c.text for c in chunks]
     t0 = time.perf_counter()
     triplets = mine_triplets(docs, chunks, seed=config.seed)
-    base_tokenizer, base_model = load_minilm()
-    base_q = embed_with(base_tokenizer, base_model, [q.question for q in questions])
-    tokenizer, model = load_minilm()  # a second copy to train (the first stays pretrained, for the probe)
-    t1 = time.perf_counter()
-    model, losses = finetune(triplets, config, model=model, tokenizer=tokenizer, progress=True)
-    t2 = time.perf_counter()
-    tuned_q = embed_with(tokenizer, model, [q.question for q in questions])
+    fixed_triplets = mine_triplets(docs, chunks, seed=config.seed, strip_all_headings=True)
     # a probe of what training taught: fresh sentence queries (another seed picks other sentences), none of them
-    # a training anchor, retrieved before and after; their gold is the section they were cut from
-    trained = {t.anchor.lower() for t in triplets}
+    # a training anchor (the anchors are the same with or without the fix), retrieved before and after; their
+    # gold is the section they were cut from
+    trained = {t.anchor.lower() for t in triplets} | {t.anchor.lower() for t in fixed_triplets}
     probe = [t for t in mine_triplets(docs, chunks, seed=config.seed + 1)
              if t.kind == "sentence" and t.anchor.lower() not in trained][:200]
     probe_ids = [f"p{i:03d}" for i in range(len(probe))]
     probe_qrels = {pid: {t.section: 1} for pid, t in zip(probe_ids, probe)}
+    base_tokenizer, base_model = load_minilm()
+    base_q = embed_with(base_tokenizer, base_model, question_texts)
     probe_base = embed_with(base_tokenizer, base_model, [t.anchor for t in probe])
-    probe_tuned = embed_with(tokenizer, model, [t.anchor for t in probe])
-    tuned_c = embed_with(tokenizer, model, texts, progress=True)
-    tuned = Index(docs, chunks, tuned_c)
-    metrics = {}
-    for name, (index, qe) in {"before": (base, base_q), "after": (tuned, tuned_q)}.items():
-        metrics[name] = {}
+    t1 = time.perf_counter()
+    losses, seconds, tuned_q, probe_tuned, tuned_c = _train_and_embed(
+        triplets, config, question_texts, [t.anchor for t in probe], texts)
+    fixed_losses, fixed_seconds, fixed_q, probe_fixed, fixed_c = _train_and_embed(
+        fixed_triplets, config, question_texts, [t.anchor for t in probe], texts)
+
+    def measure(index: Index, qe: torch.Tensor, pe: torch.Tensor) -> dict:
+        out = {}
         for split in ("dev", "test"):
             rows = [i for i, q in enumerate(questions) if q.split == split]
             qs = [questions[i] for i in rows]
-            metrics[name][split] = retrieval_metrics(section_run(index, qe[rows], [q.id for q in qs]), qrels(qs))
-        pe = probe_base if name == "before" else probe_tuned
-        metrics[name]["probe"] = retrieval_metrics(section_run(index, pe, probe_ids), probe_qrels)
+            out[split] = retrieval_metrics(section_run(index, qe[rows], [q.id for q in qs]), qrels(qs))
+        out["probe"] = retrieval_metrics(section_run(index, pe, probe_ids), probe_qrels)
+        return out
+
+    metrics = {"before": measure(base, base_q, probe_base),
+               "after": measure(Index(docs, chunks, tuned_c), tuned_q, probe_tuned)}
+    count = lambda ts: {"total": len(ts), "heading": sum(t.kind == "heading" for t in ts),
+                        "sentence": sum(t.kind == "sentence" for t in ts)}
     record = {"config": asdict(config), "corpus": corpus_fingerprint(docs), "n_chunks": len(chunks),
               "n_questions": {s: sum(q.split == s for q in questions) for s in ("dev", "test")},
-              "triplets": {"total": len(triplets), "heading": sum(t.kind == "heading" for t in triplets),
-                           "sentence": sum(t.kind == "sentence" for t in triplets)},
+              "triplets": count(triplets),
               "probe": {"seed": config.seed + 1, "queries": len(probe)},
               "losses": losses, "metrics": metrics, "question_ids": [q.id for q in questions],
-              "train_seconds": round(t2 - t1, 1), "mine_and_embed_seconds": round(t1 - t0, 1)}
-    # the tuned weights (87 MB) are not kept: the notebook needs only the vectors they made
+              "train_seconds": round(seconds, 1), "mine_and_embed_seconds": round(t1 - t0, 1),
+              "fixed": {"strip_all_headings": True, "triplets": count(fixed_triplets), "losses": fixed_losses,
+                        "metrics": measure(Index(docs, chunks, fixed_c), fixed_q, probe_fixed),
+                        "train_seconds": round(fixed_seconds, 1)}}
+    # the tuned weights (87 MB each) are not kept: the notebook needs only the vectors they made
     tensors = {"base.questions": base_q, "tuned.questions": tuned_q, "tuned.chunks": tuned_c,
-               "base.probe": probe_base, "tuned.probe": probe_tuned}
+               "base.probe": probe_base, "tuned.probe": probe_tuned,
+               "fixed.questions": fixed_q, "fixed.chunks": fixed_c, "fixed.probe": probe_fixed}
     return record, tensors
