@@ -19,6 +19,12 @@ Chapter 10 prompting patterns              llm/ (base: the one LLM interface; lo
                                            batched samples; http: an OpenAI-compatible server), prompting/ (anatomy,
                                            icl, scaling, cot, constrained, optimize), checks.prompting
 Chapter 11 reasoning as search             reasoning/ (game24, tot, mcts, got, prompts24, explorer), checks.reasoning
+Chapter 12 retrieval-augmented generation  rag/ (documents, chunking, bm25, dense, fusion, metrics, evalset, index,
+                                           store: SQLite, hnsw, advanced: multi-query and reranking, long_docs,
+                                           embed_finetune, generate: grounded answers with citations, lost_middle,
+                                           compress, memory), checks.rag
+Chapter 13 tools and agents (in progress)  agents/ (calculator: exact and bounded, never eval; sandbox: a limited
+                                           child process with an audit hook)
 Shared     the real models, offline        models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
            small helpers                   scoring (log P of text), timing (best-of and median wall clock), viz (HTML bars)
            the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book,
