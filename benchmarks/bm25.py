@@ -32,7 +32,7 @@ from decode import machine  # noqa: E402  (the machine record every benchmark sh
 
 from labkit.corpus import word_tokens
 from labkit.rag.bm25 import BM25
-from labkit.timing import times_of
+from labkit.timing import interleaved_medians
 
 REPEATS = 5
 QUERIES = 300
@@ -55,15 +55,6 @@ def make_queries(docs: list[list[str]], vocabulary: np.ndarray) -> list[list[str
     return [docs[i][:int(rng.integers(2, 6))] + rng.choice(vocabulary, 2).tolist() for i in picks]
 
 
-def alternate(fns: dict, repeat: int = REPEATS) -> dict:
-    """Median seconds of each fn, the fns called in turn in each of `repeat` rounds (after one warm-up each)."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            times[name] += times_of(fn, 1, warmup=0)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def measure() -> dict:
@@ -95,13 +86,14 @@ def measure() -> dict:
     def index_theirs():
         bm25s.BM25(method="lucene").index(docs, show_progress=False)
 
-    index_s = alternate(dict(labkit=index_ours, bm25s=index_theirs))
-    score_s = alternate(dict(labkit=lambda: [ours.scores(q) for q in queries],
-                             bm25s=lambda: [theirs.get_scores(q) for q in queries]))
-    top_s = alternate(dict(labkit=lambda: [ours.top_k(q, K) for q in queries],
-                           bm25s=lambda: theirs.retrieve(queries, k=K, show_progress=False),
-                           bm25s_numba=lambda: numba_backend.retrieve(queries, k=K, show_progress=False,
-                                                                      backend_selection="numba")))
+    index_s = interleaved_medians(dict(labkit=index_ours, bm25s=index_theirs), REPEATS)
+    score_s = interleaved_medians(dict(labkit=lambda: [ours.scores(q) for q in queries],
+                                       bm25s=lambda: [theirs.get_scores(q) for q in queries]), REPEATS)
+    top_s = interleaved_medians(dict(labkit=lambda: [ours.top_k(q, K) for q in queries],
+                                     bm25s=lambda: theirs.retrieve(queries, k=K, show_progress=False),
+                                     bm25s_numba=lambda: numba_backend.retrieve(queries, k=K, show_progress=False,
+                                                                                backend_selection="numba")),
+                                REPEATS)
     qps = lambda s: QUERIES / s  # noqa: E731
     return dict(
         machine=about, corpus=dict(documents=len(docs), tokens=int(sum(map(len, docs))),

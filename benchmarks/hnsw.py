@@ -37,7 +37,7 @@ from decode import machine  # noqa: E402  (the machine record every benchmark sh
 
 from labkit.rag.dense import DenseIndex
 from labkit.rag.hnsw import HNSW
-from labkit.timing import times_of
+from labkit.timing import interleaved_medians
 
 M, EF_CONSTRUCTION, K = 16, 100, 10
 EFS = (10, 20, 40, 80, 160)
@@ -80,15 +80,6 @@ def misses(found: list, true: np.ndarray, data: np.ndarray) -> tuple[int, int]:
     return missed, twins
 
 
-def alternate(fns: dict, repeat: int = REPEATS) -> dict:
-    """Median seconds of each fn, the fns called in turn in each of `repeat` rounds (after one warm-up each)."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            times[name] += times_of(fn, 1, warmup=0)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def measure_one(data: np.ndarray, queries: np.ndarray, about: str) -> dict:
@@ -113,15 +104,16 @@ def measure_one(data: np.ndarray, queries: np.ndarray, about: str) -> dict:
         r_ours, r_theirs = recall(found_ours, true), recall(found_theirs, true)
         (miss_ours, twins_ours), (miss_theirs, twins_theirs) = (misses(found_ours, true, data),
                                                                 misses(found_theirs, true, data))
-        s = alternate(dict(labkit=lambda: [ours.search(q, K, ef) for q in queries],
-                           hnswlib=lambda: [theirs.knn_query(q, k=K, num_threads=1) for q in queries]))
+        s = interleaved_medians(dict(labkit=lambda: [ours.search(q, K, ef) for q in queries],
+                                     hnswlib=lambda: [theirs.knn_query(q, k=K, num_threads=1) for q in queries]),
+                                REPEATS)
         rows.append(dict(ef=ef, recall_labkit=r_ours, recall_hnswlib=r_theirs, misses_labkit=miss_ours,
                          misses_twins_labkit=twins_ours, misses_hnswlib=miss_theirs,
                          misses_twins_hnswlib=twins_theirs,
                          queries_per_s_labkit=len(queries) / s["labkit"],
                          queries_per_s_hnswlib=len(queries) / s["hnswlib"],
                          queries_ratio=s["hnswlib"] / s["labkit"]))
-    exact_s = alternate(dict(exact=lambda: [exact.search(q, K) for q in queries]))["exact"]
+    exact_s = interleaved_medians(dict(exact=lambda: [exact.search(q, K) for q in queries]), REPEATS)["exact"]
     return dict(about=about, n=n, dim=dim, distinct=len(np.unique(data, axis=0)), queries=len(queries),
                 levels=len(ours.graph),
                 nodes_per_level=[len(g) for g in ours.graph], build_s_labkit=build_ours,

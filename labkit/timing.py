@@ -37,3 +37,17 @@ def median_of(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> flo
     typical cost, and a ratio of two medians taken in the same run (interleaved) is what the benchmarks report.
     """
     return statistics.median(times_of(fn, repeat, warmup))
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int = 5) -> dict[str, float]:
+    """Median wall-clock seconds of each named fn, called in turn in each of `repeat` rounds (after one warm-up
+    each): a change in the machine's load during the run hits every side alike, so their ratio stays fair."""
+    if not fns:
+        raise ValueError("need at least one function to time")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            times[name] += times_of(fn, 1, warmup=0)
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -16,3 +16,13 @@ def test_times_of_rejects_bad_counts(repeat, warmup):
     for fn in (times_of, best_of, median_of):
         with pytest.raises(ValueError, match="need int repeat >= 1 and int warmup >= 0"):
             fn(lambda: None, repeat, warmup)
+
+
+def test_interleaved_medians_calls_each_side_in_turn():
+    from labkit.timing import interleaved_medians
+    calls = []
+    out = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then 3 alternating rounds
+    assert set(out) == {"a", "b"} and all(s >= 0 for s in out.values())
+    with pytest.raises(ValueError, match="at least one"):
+        interleaved_medians({})
