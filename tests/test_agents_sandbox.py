@@ -292,8 +292,10 @@ SMOLAGENTS = {  # attack -> (what LocalPythonExecutor did, a regex of its messag
     "fork bomb": ("refused", r"InterpreterError: Import of os is not allowed"),
     "memory hog": ("refused", r"InterpreterError: Forbidden function evaluation: 'bytearray'"),
     "socket to 127.0.0.1": ("refused", r"InterpreterError: Import of socket is not allowed"),
-    # stopped by its timeout, but in-process: the loop goes on in an abandoned thread until the process ends
-    "infinite loop": ("refused", r"ExecutionTimeoutError: Code execution exceeded the maximum execution time"),
+    # stopped in-process, by whichever comes first on this machine's speed: its 2 s timeout (the loop then goes on
+    # in an abandoned thread until the process ends) or its cap of 1,000,000 loop iterations
+    "infinite loop": ("refused", r"ExecutionTimeoutError: Code execution exceeded the maximum execution time|"
+                                 r"InterpreterError: Maximum number of 1000000 iterations in While loop exceeded"),
 }
 
 
