@@ -4,4 +4,7 @@
 - sandbox: untrusted Python in a separate process, held by OS resource limits (CPU, memory, file size,
   processes, open files), a wall-clock timeout that kills the whole process group, and an audit hook that
   refuses network, writes outside its folder and new processes — with an honest account of what it cannot stop.
+- tools: a tool's JSON Schema from a typed function and its docstring, a validator for that schema, a registry with
+  an allow-list whose `call` answers every bad call with an observation naming the field, and a parser for the
+  model's JSON tool call (json, never eval); `default_toolbox()` holds calculator, search_docs, run_python.
 """
