@@ -53,7 +53,12 @@ def nothing() -> str:
     return "ok"
 
 
-FUNCTIONS = [lookup, add, divide, nothing]
+def pick(level: Literal[1, 2], flags: Optional[list[bool]] = None) -> str:
+    """Pick a level."""
+    return f"{level}{flags}"
+
+
+FUNCTIONS = [lookup, add, divide, nothing, pick]
 
 
 def test_schema_of_a_typed_function():
@@ -116,17 +121,20 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-
                                                                                  max_size=2), max_leaves=6)
 
 
+NEAR_MISSES = st.sampled_from([True, False, 1, 2.0, 2.5, "2", "", None, [], {}])  # what a type test might confuse
+
+
 def _fitting(prop: dict):
-    """Values of the right kind for `prop` (so that valid dicts are common), mixed with arbitrary JSON."""
+    """Values of the right kind for `prop` (so that valid dicts are common), mixed with near misses."""
     if "anyOf" in prop:
         return st.one_of([_fitting(p) for p in prop["anyOf"]])
     if "enum" in prop:
-        return st.sampled_from(prop["enum"])
+        return st.sampled_from(prop["enum"]) | NEAR_MISSES
     if prop["type"] == "array":
-        return st.lists(_fitting(prop["items"]), max_size=3)
-    return {"string": st.text(max_size=3), "integer": st.integers(-9, 9) | st.sampled_from([2.0, 2.5]),
-            "number": st.floats(-9, 9, allow_nan=False) | st.integers(-9, 9), "boolean": st.booleans(),
-            "null": st.none()}[prop["type"]]
+        return st.lists(_fitting(prop["items"]) | NEAR_MISSES, max_size=3)
+    return NEAR_MISSES | {"string": st.text(max_size=3), "integer": st.integers(-9, 9),
+                          "number": st.floats(-9, 9, allow_nan=False) | st.integers(-9, 9),
+                          "boolean": st.booleans(), "null": st.none()}[prop["type"]]
 
 
 @st.composite
@@ -170,6 +178,10 @@ def test_json_schema_rules_not_pythons():
     assert ToolBox([add]).call("add", {"a": 2.0, "b": 1}) == "3"  # ... and reaches the function as int
     assert validate({"a": 2.5, "b": 1}, s) == "argument 'a' must be an integer, got 2.5"
     assert validate({"a": 1, "b": 2}, function_schema(divide)) is None
+    assert validate(True, {"enum": [1, 2]}) == "arguments must be one of 1, 2, got True"  # true is not 1 ...
+    assert validate(1.0, {"enum": [1, 2]}) is None  # ... but 1.0 is
+    assert jsonschema.Draft202012Validator({"enum": [1, 2]}).is_valid(1.0)
+    assert not jsonschema.Draft202012Validator({"enum": [1, 2]}).is_valid(True)
     assert validate({"query": "q", "weights": [1, "x"]}, function_schema(lookup)) == \
         "argument 'weights' must be an array of numbers or null, got [1, 'x']"
 

@@ -7,4 +7,7 @@
 - tools: a tool's JSON Schema from a typed function and its docstring, a validator for that schema, a registry with
   an allow-list whose `call` answers every bad call with an observation naming the field, and a parser for the
   model's JSON tool call (json, never eval); `default_toolbox()` holds calculator, search_docs, run_python.
+- mcp_server: the same tools over the Model Context Protocol (official `mcp` SDK, stdio), every call through the
+  same ToolBox validator, and a JSON-RPC error for a line that is not a message (`python -m labkit.agents.mcp_server`).
+- mcp_client: `MCPToolBox`, a synchronous client of that server with ToolBox's `call`/`run`, for the agent.
 """
