@@ -94,6 +94,10 @@ def test_malformed_json_rpc_gets_a_protocol_error_and_the_server_keeps_serving()
         assert bad["error"]["code"] == -32700
         unknown = _exchange(proc, b'{"jsonrpc": "2.0", "id": 3, "method": "tools/destroy"}')
         assert unknown["id"] == 3 and unknown["error"]["code"] == -32601  # method not found
+        wrong = _exchange(proc, json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+            "name": "search_docs", "arguments": {"query": "LoRA", "k": "ten"}}}).encode())
+        assert wrong["id"] == 5 and wrong["result"] == {"isError": True, "content": [
+            {"type": "text", "text": "error: argument 'k' must be an integer, got 'ten'"}]}
         good = _exchange(proc, json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
             "name": "calculator", "arguments": {"expression": "6 * 7"}}}).encode())
         assert good["id"] == 4 and good["result"] == {"content": [{"type": "text", "text": "42"}], "isError": False}
@@ -133,5 +137,9 @@ def test_no_server_process_is_left_after_close():
 def test_public_edges():
     with pytest.raises(TypeError, match="command must be a non-empty list of str"):
         MCPToolBox("python -m labkit.agents.mcp_server")
+    with pytest.raises(RuntimeError, match="did not start: MCPError: Connection closed"):
+        MCPToolBox([sys.executable, "-c", "pass"])  # exits at once: no server there
+    with pytest.raises(RuntimeError, match="did not start: FileNotFoundError"):
+        MCPToolBox(["/nonexistent/server"])
     with pytest.raises(TypeError, match="box must be a ToolBox, got dict"):
         build_server({})

@@ -53,7 +53,14 @@ class MCPToolBox:
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._hold(),),
                                         name="mcp-client", daemon=True)
         self._thread.start()
-        self._tools = self._ready.result(timeout)  # raises what went wrong at start, e.g. the server died
+        try:
+            self._tools = self._ready.result(timeout)
+        except BaseException as e:  # the server did not start, died, or timed out: say so plainly
+            while isinstance(e, BaseExceptionGroup) and e.exceptions:  # anyio wraps errors in task groups
+                e = e.exceptions[0]
+            self._thread.join(1)
+            raise RuntimeError(f"the MCP server {' '.join(command)!r} did not start: {type(e).__name__}: {e}") \
+                from e
 
     async def _hold(self) -> None:
         """The one task that owns the connection: open it, list the tools, wait for close()."""
