@@ -38,7 +38,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Mapping, Union
+from typing import Any, Callable, Iterable, Literal, Union
 
 from labkit.agents.calculator import calculator
 
@@ -261,7 +261,7 @@ class ToolBox:
         """The allowed tools as a model is shown them."""
         return [self.tools[n].spec() for n in self.allowed]
 
-    def call(self, name: str, arguments: Mapping[str, Any] | None = None) -> str:
+    def call(self, name: str, arguments: dict[str, Any] | None = None) -> str:
         """Run tool `name` on `arguments` and return its answer as text; every failure is an "error:" line."""
         if not isinstance(name, str) or name not in self.tools:
             return f"error: unknown tool {_shown(name)}; available tools: {', '.join(self.allowed) or 'none'}"
