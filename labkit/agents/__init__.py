@@ -13,4 +13,7 @@
 - react: the ReAct loop (Yao et al., ICLR 2023): a step parser that reads labels only at line starts and cuts
   everything from "Observation:", a step limit, malformed output and tool errors as observations, and the
   trajectory rendered as text and escaped HTML.
+- memory: a token-budget window (oldest non-system turns evicted first, never the system prompt or the newest
+  turn) and MemGPT-style paging (Packer et al. 2023): core-memory blocks, a FIFO queue whose evicted messages go
+  to a BM25 archival store, and archival_insert/archival_search as tools.
 """
