@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labkit.agents.memory import (CoreMemory, PagedMemory, TokenWindow, context_tokens, count_words,
+from labkit.agents.memory import (Archive, CoreMemory, PagedMemory, TokenWindow, context_tokens, count_words,
                                   fit_to_budget)
 from labkit.agents.tools import ToolBox, function_schema
 from labkit.llm.base import Message
@@ -170,8 +170,29 @@ def test_token_window_counts_with_the_given_counter_and_per_message_cost():
     assert window.tokens() == 11
 
 
+def test_token_window_without_a_system_prompt_keeps_the_newest_turn():
+    window = TokenWindow(5)
+    window.add("user", "a b c")
+    assert window.add("assistant", "d e f") == [Message("user", "a b c")]
+    assert window.messages == [Message("assistant", "d e f")]
+    with pytest.raises(ValueError, match="take 6 tokens, over the budget of 5"):
+        window.add("user", words(6))
+    assert window.messages == [Message("assistant", "d e f")]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # MemGPT paging
+
+def test_archive_ranks_by_bm25_and_tags_each_entry_with_its_source():
+    archive = Archive()
+    archive.insert("the cat sat on the mat")
+    archive.insert("user: my cat is called Pixel, a grey cat", source="evicted")
+    archive.insert("the weather is fine")
+    assert [e.id for e in archive.search("grey cat", k=2)] == [1, 0]
+    assert archive.search("cat", k=1)[0].source == "evicted"
+    assert archive.search("dog") == []
+    with pytest.raises(ValueError, match="source must be one of"):
+        archive.insert("x", source="dreamt")
 
 ops = st.lists(st.one_of(st.tuples(st.just("add"), st.integers(0, 25)), st.tuples(st.just("core"), st.integers(1, 30)),
                          st.tuples(st.just("insert"), st.integers(1, 10))), max_size=30)

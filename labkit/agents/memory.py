@@ -58,6 +58,7 @@ TokenCounter = Callable[[str], int]
 
 CORE_BLOCK_LIMIT = 2000  # characters per core-memory block: MemGPT's default, small enough to stay in context
 MAX_SEARCH_K = 20
+SOURCES = ("inserted", "evicted")  # an archival entry was saved by the agent, or paged out of its context
 
 
 def count_words(text: str) -> int:
@@ -261,6 +262,9 @@ class Archive:
         return len(self.entries)
 
     def insert(self, text: str, source: str = "inserted") -> Entry:
+        """Store `text` (searchable from now on); `source` says who put it there: "inserted" or "evicted"."""
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         if not isinstance(text, str) or not tokenize(text):
             raise ValueError(f"an archival entry must be a str with at least one word, got {text!r:.60}")
         entry = Entry(len(self.entries), text, source)
