@@ -54,6 +54,7 @@ MAX_REPLY_CHARS = 20_000  # a step is a few hundred characters; a longer reply i
 OBSERVATION = "Observation:"
 STOP = (OBSERVATION,)  # the model stops where a tool's answer would start; the parser cuts there anyway (rule 2)
 StopReason = Literal["answer", "step_limit"]
+CUT_NOTE = ' before "Observation:" (only a tool writes observations; your text from there on was dropped)'
 
 # Labels are recognised only at the start of a line (rule 1); "Action Input" is tried before "Action".
 _LABEL = re.compile(r"^[ \t]*(thought|action input|action|final answer)[ \t]*:", re.IGNORECASE | re.MULTILINE)
@@ -137,6 +138,8 @@ def parse_step(text: str) -> Step:
     step = dict(text=kept, thought=thought, cut=cut)
     if first is None:
         why = "the reply is empty" if not kept.strip() else 'no "Action:" or "Final Answer:" line'
+        if cut:  # say so, or a model that did write an action after its own "Observation:" cannot see why
+            why += CUT_NOTE
         return Step(**step, error=why)
     label = first.group(1).lower()
     if label == "action input":
