@@ -339,7 +339,8 @@ def test_the_system_prompt_lists_only_allowed_tools_and_shows_the_format():
     system = messages[0]["content"]
     assert "- search_docs: Search the documents. Action Input: {\"query\": string, \"k\": integer (default 3)}" \
         in system and "- calculator" not in system
-    assert "Action Input: {\"expression\": \"12 + 7\"}" in system and "{tools}" in SYSTEM
+    assert "Action Input: {\"expression\": \"23 * 4 + 5\"}" in system and "{tools}" in SYSTEM
+    assert "12 + 7" not in system  # chapter 4's sum, measured before/after: its answer must not be in the prompt
     assert messages[1] == {"role": "user", "content": "Question: q?"}
 
 
@@ -377,3 +378,10 @@ def test_a_tool_result_is_data_never_parsed_as_a_step():
 def test_a_malformed_reply_says_when_its_text_was_cut():
     s = parse_step("My observation: it is big.\nAction: calculator\nAction Input: {}")
     assert s.malformed and "only a tool writes observations" in s.error and s.cut.startswith("observation: it")
+
+
+def test_a_malformed_reply_is_rendered_once_whole():
+    traj = run_react(ScriptedLLM(["I think it is 19 <b>."]), "q?", calc_box(), max_steps=1)
+    text, page = render_text(traj), render_html(traj)
+    assert text.count("I think it is 19") == 1 and "Malformed reply: I think it is 19 <b>." in text
+    assert page.count("I think it is 19 &lt;b&gt;.") == 1 and "class='react-thought'" not in page

@@ -225,13 +225,15 @@ Thought: <your reasoning>
 Final Answer: <the answer>
 
 Example:
-Question: What is 12 + 7?
-Thought: I should add the numbers with the calculator.
+Question: What is 23 * 4 + 5?
+Thought: I should compute this with the calculator.
 Action: calculator
-Action Input: {{"expression": "12 + 7"}}
-Observation: 19
-Thought: The calculator says 19.
-Final Answer: 19"""
+Action Input: {{"expression": "23 * 4 + 5"}}
+Observation: 97
+Thought: The calculator says 97.
+Final Answer: 97"""
+# The example's numbers are not chapter 4's "12 + 7": a measured before/after on that sum must not find the
+# answer in the prompt.
 
 
 def _argument_line(parameters: dict) -> str:
@@ -344,7 +346,7 @@ def render_text(traj: Trajectory) -> str:
     for i, turn in enumerate(traj.turns, 1):
         s = turn.step
         lines.append(f"--- step {i} ({s.kind})")
-        if s.thought:
+        if s.thought and not s.malformed:  # a malformed reply is shown whole below
             lines.append(f"Thought: {s.thought}")
         if s.kind == "action":
             lines += [f"Action: {s.action}", f"Action Input: {json.dumps(s.arguments, ensure_ascii=False)}"]
@@ -383,7 +385,7 @@ def render_html(traj: Trajectory) -> str:
         s = turn.step
         out.append(f"<div class='react-step' style='border-left:3px solid #ccc;padding-left:8px;margin:6px 0'>"
                    f"<div style='color:#888'>step {i}</div>")
-        if s.thought:
+        if s.thought and not s.malformed:  # a malformed reply is shown whole below
             out.append(_row("thought", "Thought:", s.thought))
         if s.kind == "action":
             out.append(_row("action", f"Action: {s.action}", json.dumps(s.arguments, ensure_ascii=False), pre=True))
