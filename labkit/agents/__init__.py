@@ -10,4 +10,10 @@
 - mcp_server: the same tools over the Model Context Protocol (official `mcp` SDK, stdio), every call through the
   same ToolBox validator, and a JSON-RPC error for a line that is not a message (`python -m labkit.agents.mcp_server`).
 - mcp_client: `MCPToolBox`, a synchronous client of that server with ToolBox's `call`/`run`, for the agent.
+- react: the ReAct loop (Yao et al., ICLR 2023): a step parser that reads labels only at line starts and cuts
+  everything from "Observation:", a step limit, malformed output and tool errors as observations, and the
+  trajectory rendered as text and escaped HTML.
+- memory: a token-budget window (oldest non-system turns evicted first, never the system prompt or the newest
+  turn) and MemGPT-style paging (Packer et al. 2023): core-memory blocks, a FIFO queue whose evicted messages go
+  to a BM25 archival store, and archival_insert/archival_search as tools.
 """
