@@ -16,4 +16,7 @@
 - memory: a token-budget window (oldest non-system turns evicted first, never the system prompt or the newest
   turn) and MemGPT-style paging (Packer et al. 2023): core-memory blocks, a FIFO queue whose evicted messages go
   to a BM25 archival store, and archival_insert/archival_search as tools.
+- agency: the levels of agency, by who decides the control flow — a router (the model picks one route, the code
+  runs it; a malformed choice falls back to a stated default), a state machine (edges in code, the model picks
+  among the allowed ones, an illegal one is refused) and the autonomous ReAct loop — with one result type.
 """
