@@ -19,4 +19,7 @@
 - agency: the levels of agency, by who decides the control flow — a router (the model picks one route, the code
   runs it; a malformed choice falls back to a stated default), a state machine (edges in code, the model picks
   among the allowed ones, an illegal one is refused) and the autonomous ReAct loop — with one result type.
+- defences: against prompt injection, as wrappers run_react takes unchanged — ToolBox's allow-list, tool results
+  tagged as untrusted data with their source (a document cannot close the tag or forge a step), and an approval
+  gate that runs a side-effecting tool only when `approve(name, arguments)` says True (default: deny).
 """
