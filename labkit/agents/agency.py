@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from labkit.agents.react import Tools, describe_tools, run_react
+from labkit.agents.react import Tools, check_episode, describe_tools, run_react
 from labkit.agents.tools import parse_tool_call
 from labkit.llm.base import LLM
 
@@ -70,18 +70,6 @@ class AgencyResult:
     stopped: StopReason = "step_limit"
     notes: list[str] = field(default_factory=list)
     observations: list[str] = field(default_factory=list)
-
-
-def _check(llm: object, question: object, toolbox: object, max_steps: object | None = None) -> None:
-    if not isinstance(llm, LLM):
-        raise TypeError(f"llm must be a labkit.llm.base.LLM (LocalLLM, HttpLLM, ...), got {type(llm).__name__}")
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"question must be a non-empty string, got {question!r:.80}")
-    if not isinstance(toolbox, Tools):
-        raise TypeError(f"toolbox must have specs() and call(name, arguments) (a ToolBox), "
-                        f"got {type(toolbox).__name__}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -136,7 +124,7 @@ def parse_route(text: str, routes: list[str]) -> tuple[str, dict | None, str | N
 def route(llm: LLM, question: str, toolbox: Tools, *, max_tokens: int = 128) -> AgencyResult:
     """Level 1: one model call picks a route; the code runs it once. A tool route's answer is the tool's result;
     the "answer" route (also the fallback) asks the model once more, for the answer alone."""
-    _check(llm, question, toolbox)
+    check_episode(llm, question, toolbox)
     result = AgencyResult("router", question)
     routes = [s["name"] for s in toolbox.specs()] + [ANSWER_ROUTE]
     system = ROUTER_SYSTEM.format(routes=describe_tools(toolbox))
@@ -176,7 +164,7 @@ def state_machine(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *
     parsed (`parse_tool_call`) and made (`toolbox.call`), junk becoming an "error:" observation, and the code
     moves on to "check"; in "plan" and "check" the model's "Next:" must be an allowed transition, or it is
     refused (noted) and the state is kept."""
-    _check(llm, question, toolbox, max_steps)
+    check_episode(llm, question, toolbox, max_steps)
     result = AgencyResult("state_machine", question, path=[START])
     state, history = START, []
     for _ in range(max_steps):  # the only loop: max_steps model calls at most, whatever the model writes
@@ -221,7 +209,7 @@ def state_machine(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *
 def autonomous(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, **react_settings) -> AgencyResult:
     """Level 3: `run_react` decides nothing here; the model does. The trajectory is summarised as an AgencyResult
     (path: each step's tool name, "malformed", or "answer"); other settings go to `run_react` unchanged."""
-    _check(llm, question, toolbox, max_steps)
+    check_episode(llm, question, toolbox, max_steps)
     traj = run_react(llm, question, toolbox, max_steps, **react_settings)
     result = AgencyResult("autonomous", question, model_calls=traj.model_calls, answer=traj.answer,
                           stopped=traj.stopped)

@@ -273,13 +273,9 @@ def _call_tool(toolbox: Tools, step: Step) -> str:
         return f"error: tool {step.action!r} failed: {type(e).__name__}: {e}"
 
 
-def run_react(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, max_tokens: int = 256,
-              temperature: float = 0.0, system: str = SYSTEM, stop: Sequence[str] = STOP) -> Trajectory:
-    """Run one ReAct episode: at most `max_steps` model calls, each one step (see the module docstring).
-
-    Returns the Trajectory: stopped == "answer" with the answer, or "step_limit" with answer None.
-    `system` must contain "{tools}" (where the tool list goes); `stop` must include "Observation:".
-    """
+def check_episode(llm: object, question: object, toolbox: object, max_steps: object | None = None) -> None:
+    """The checks every agent loop makes before its first model call (ReAct here, and agency's levels):
+    a labkit LLM, a non-empty question, a toolbox with specs() and call(), and max_steps an int >= 1 if given."""
     if not isinstance(llm, LLM):
         raise TypeError(f"llm must be a labkit.llm.base.LLM (LocalLLM, HttpLLM, ...), got {type(llm).__name__}")
     if not isinstance(question, str) or not question.strip():
@@ -287,8 +283,18 @@ def run_react(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, ma
     if not isinstance(toolbox, Tools):
         raise TypeError(f"toolbox must have specs() and call(name, arguments) (a ToolBox), "
                         f"got {type(toolbox).__name__}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+
+
+def run_react(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, max_tokens: int = 256,
+              temperature: float = 0.0, system: str = SYSTEM, stop: Sequence[str] = STOP) -> Trajectory:
+    """Run one ReAct episode: at most `max_steps` model calls, each one step (see the module docstring).
+
+    Returns the Trajectory: stopped == "answer" with the answer, or "step_limit" with answer None.
+    `system` must contain "{tools}" (where the tool list goes); `stop` must include "Observation:".
+    """
+    check_episode(llm, question, toolbox, max_steps)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
     if not isinstance(system, str) or "{tools}" not in system:
