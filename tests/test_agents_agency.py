@@ -16,23 +16,7 @@ from labkit.agents.agency import (DEFAULT_ROUTE, TRANSITIONS, AgencyResult, auto
                                   state_machine)
 from labkit.agents.calculator import calculator
 from labkit.agents.tools import ToolBox
-from labkit.llm.base import LLM, Completion
-
-
-class ScriptedLLM(LLM):
-    """chat() returns `replies` in turn, cycling; records every prompt."""
-    name = "scripted"
-
-    def __init__(self, replies):
-        super().__init__()
-        self.replies, self.prompts = list(replies), []
-
-    def _generate(self, prompt, *, stop, **settings):
-        self.prompts.append(prompt)
-        return [Completion(self.replies[(len(self.prompts) - 1) % len(self.replies)], 1, "stop")]
-
-    def _logprobs(self, prompt, continuations):
-        raise NotImplementedError
+from scripted_llm import ScriptedLLM
 
 
 def box() -> ToolBox:
