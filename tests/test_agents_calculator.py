@@ -105,6 +105,11 @@ REFUSALS = [
     ("+0" * 200000, rf"^too long: 400000 characters \(at most {MAX_CHARS}\)"),
     ("9**9**9", r"^too large: 9 \*\* 387420489 would need about 1\.23e\+09 bits"),
     ("10 ** 3011", r"^too large: 10 \*\* 3011"),
+    # exponents too big for a float (the size estimate once raised OverflowError out of the tool)
+    ("2 ** (10 ** 400)", r"^too large: 2 \*\* 100000000000\.\.\. \(401 digits\) would need more than 2\*\*1000 bits"),
+    ("0.5 ** -(10 ** 400)", r"^too large: 1/2 \*\* -10000000000\.\.\. \(401 digits\)"),
+    ("3 ** 2 ** 1000", r"^too large: 3 \*\* 107150860718\.\.\. \(302 digits\)"),
+    ("2 ** (2 ** 999)", r"^too large: 2 \*\* 535754303593\.\.\. \(301 digits\) would need about 5\.36e\+300 bits"),
     ("2 ** 9999 * 2", r"^too large: an intermediate value needs 10001 bits"),
     ("2 ** 0.5", r"^not exact: exponent 1/2 is not a whole number"),
     ("1 / 0", r"^division by zero$"),

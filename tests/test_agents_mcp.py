@@ -58,6 +58,15 @@ def test_calls_and_bad_calls_over_mcp(box):
     assert box.run("no call here").startswith("error: no tool call found")
 
 
+@pytest.mark.parametrize("name, arguments", [(123, {}), (None, None), ("calculator", ["xy"]),
+                                             ("calculator", "12 + 7"), ("search_docs", 3)])
+def test_calls_that_cannot_be_sent_are_observations_as_in_process(box, name, arguments):
+    """A name that is not a string (the SDK raised a pydantic error) or arguments that are not an object (a list
+    of pairs was turned into a dict) are answered with ToolBox.call's words, and nothing is sent."""
+    assert box.call(name, arguments) == default_toolbox().call(name, arguments)
+    assert box.call(name, arguments).startswith("error: ")
+
+
 def test_sandbox_and_search_over_mcp(box):
     assert box.call("run_python", {"code": "print(sum(range(10)))"}) == "stdout:\n45\n\nfinished"
     assert box.call("search_docs", {"query": "LoRA adapter rank", "k": 0}) == \

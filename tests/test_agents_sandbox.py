@@ -1,6 +1,8 @@
 """labkit.agents.sandbox: a test per limit, per attack of the chapter's safety list (each with the reason it was
 stopped), the process group killed with nothing left behind, clear errors for bad arguments — and the reference
-row: the same attacks against smolagents' LocalPythonExecutor (tests/agents_reference.py), with what it stops."""
+row: the same attacks against smolagents' LocalPythonExecutor (tests/agents_reference.py), with what it stops,
+and the copy of that row the tools lesson prints (benchmarks/results/agent_attacks.json) kept current."""
+import json
 import os
 import re
 import resource
@@ -324,6 +326,27 @@ def test_reference_row_smolagents_local_python_executor(name, reference):
     got = reference[name]
     assert (got["outcome"], bool(re.search(detail, got["detail"]))) == (outcome, True), got
     assert not got["pwned"] and not got["escaped"]  # no attack's payload ran there either
+    assert got["outcome"] == COMMITTED[name]["outcome"]  # the row the lesson prints is what smolagents does now
+
+
+# The tools lesson (chapters/13-agents/tools.ipynb) may not import smolagents: it prints this file, written by
+# `python benchmarks/agent_attacks.py --save`, and runs the attacks it lists through labkit's sandbox live.
+SAVED = json.loads((Path(__file__).parents[1] / "benchmarks/results/agent_attacks.json").read_text())
+COMMITTED = {a["name"]: a for a in SAVED["attacks"]}
+
+
+def test_the_committed_reference_row_is_current():
+    assert [(a["name"], a["code"]) for a in SAVED["attacks"]] == ATTACKS  # the same programs, in the same order
+    try:
+        from importlib.metadata import version
+        assert SAVED["machine"]["smolagents"] == version("smolagents"), "re-run benchmarks/agent_attacks.py --save"
+    except ImportError:
+        pass
+    for name, (outcome, detail) in SMOLAGENTS.items():
+        got = COMMITTED[name]
+        assert (got["outcome"], bool(re.search(detail, got["detail"]))) == (outcome, True), got
+        assert not got["pwned"] and not got["escaped"] and got["seconds"] >= 0
+    assert SAVED["connected"] is False
 
 
 def test_native_code_and_device_nodes_are_refused():

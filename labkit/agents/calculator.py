@@ -64,10 +64,15 @@ def _power(base: Fraction, exponent: Fraction) -> Fraction:
         raise CalculatorError("division by zero: 0 to a negative power")
     if base in (0, 1, -1):  # the only bases whose powers stay small for any exponent
         return base ** n
+    shown = str(n) if len(str(n)) <= 15 else f"{str(n)[:12]}... ({len(str(abs(n)))} digits)"
+    if abs(n).bit_length() > 1000:  # an exponent like 10**400 does not fit a float for the estimate below; with
+        # any base but 0, 1, -1 the power needs at least |n| bits, far more than MAX_BITS
+        raise CalculatorError(f"too large: {_number_text(base)} ** {shown} would need more than 2**1000 bits "
+                              f"(at most {MAX_BITS})")
     # |p/q| ** n needs about |n| * log2(max(|p|, q)) bits: compare the estimate, never the number
     bits = abs(n) * math.log2(max(abs(base.numerator), base.denominator))
     if bits > MAX_BITS + 1:  # + 1: the estimate may sit a hair above an exact power of two
-        raise CalculatorError(f"too large: {_number_text(base)} ** {n} would need about {bits:.3g} bits "
+        raise CalculatorError(f"too large: {_number_text(base)} ** {shown} would need about {bits:.3g} bits "
                               f"(at most {MAX_BITS})")
     return base ** n
 

@@ -26,7 +26,7 @@ from typing import Any, Coroutine, Mapping, Sequence
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from labkit.agents.tools import ToolCallError, parse_tool_call
+from labkit.agents.tools import ToolCallError, _shown, parse_tool_call
 
 SERVER = [sys.executable, "-m", "labkit.agents.mcp_server"]
 PASSED_ON = ("HF_", "TRANSFORMERS_", "OMP_", "MKL_", "PYTHONPATH")
@@ -96,8 +96,15 @@ class MCPToolBox:
 
     def call(self, name: str, arguments: Mapping[str, Any] | None = None) -> str:
         """Call tool `name` on the server; its text answer, or an "error:" observation (never raises for a bad
-        call — the server validates it and says what was wrong)."""
-        result = self._submit(self._session_or_raise().call_tool(name, dict(arguments or {})))
+        call — the server validates it and says what was wrong; a name that is not a string or arguments that are
+        not an object cannot even be sent, so they are answered here, in the words ToolBox.call uses)."""
+        session = self._session_or_raise()
+        if not isinstance(name, str):  # the SDK would raise a pydantic error here, not answer
+            return f"error: unknown tool {_shown(name)}; available tools: {', '.join(self.names) or 'none'}"
+        arguments = {} if arguments is None else arguments
+        if not isinstance(arguments, Mapping):  # dict(["xy"]) would quietly send {"x": "y"}
+            return f"error: arguments of '{name}' must be a JSON object, got {_shown(arguments)}"
+        result = self._submit(session.call_tool(name, dict(arguments)))
         text = "\n".join(getattr(c, "text", f"[{c.type} content]") for c in result.content)
         return text if not result.is_error or text.startswith("error:") else f"error: {text}"
 
