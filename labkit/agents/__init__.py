@@ -22,4 +22,6 @@
 - defences: against prompt injection, as wrappers run_react takes unchanged — ToolBox's allow-list, tool results
   tagged as untrusted data with their source (a document cannot close the tag or forge a step), and an approval
   gate that runs a side-effecting tool only when `approve(name, arguments)` says True (default: deny).
+- tasks: the course's agent task set (`data/agent-tasks/`: arithmetic, lookup, multihop; gold steps tagged memory
+  or reason) and `is_correct`, which scores a free-text answer (the last number stated, or the gold as whole words).
 """
