@@ -350,3 +350,87 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(TypeError, match="query must be a str"):
         memory.archive.search(["cat"])
     assert memory.archival_search("anything") == "no archival entry contains any word of 'anything'"
+
+
+# ---------------------------------------------------------------- with a model: the tokenizer counter, paging study
+
+from labkit.agents.memory import (SCENARIOS, SMALL_TALK, chat_counter, conversation, paged_memory,  # noqa: E402
+                                  paging_episode, recalled, scenario_row, summarize_paging)
+from scripted_llm import ScriptedLLM  # noqa: E402
+from test_llm_local import tiny  # noqa: E402  (a tiny Llama with a one-token-per-character chat tokenizer)
+
+
+@settings(max_examples=60, deadline=None)
+@given(turns=st.lists(st.tuples(st.sampled_from(["user", "assistant", "tool"]), st.text("ab <>|\n", max_size=12)),
+                      max_size=6), system=st.text("xyz ", max_size=10))
+def test_chat_counter_bounds_the_real_prompt_and_is_exact_for_assistant_turns(turns, system):
+    llm = tiny()
+    count, per_message, reply_prompt = chat_counter(llm)
+    assert (per_message, reply_prompt) == (len("assistant") + 4, 21 - 13)  # the character template's wrapping
+    messages = [Message("system", system), *(Message(r, c) for r, c in turns)]
+    real, counted = len(llm.prompt_ids(messages)), context_tokens(messages, count, per_message) + reply_prompt
+    assert real <= counted
+    if all(r == "assistant" for r, _ in turns):
+        assert real == counted
+
+
+def test_chat_counter_needs_a_tokenizer():
+    with pytest.raises(TypeError, match="needs a backend with a tokenizer"):
+        chat_counter(ScriptedLLM(["x"]))
+
+
+def test_recalled_matches_whole_words_only():
+    assert recalled("Your locker code is 4821.", "4821")
+    assert recalled("it is GERALD", "Gerald")
+    assert not recalled("48213", "4821") and not recalled("B170", "B17") and not recalled("", "6")
+    assert not recalled(None, "6") and recalled("level 6.", "6") and not recalled("level 16", "6")
+
+
+def test_the_scenarios_plant_a_fact_the_small_talk_pages_out():
+    assert len({s.id for s in SCENARIOS}) == len(SCENARIOS)
+    for s in SCENARIOS:
+        assert recalled(s.fact, s.answer) and not recalled(s.question, s.answer)
+        assert not any(recalled(text, s.answer) for pair in SMALL_TALK for text in pair)  # only the fact holds it
+        memory = paged_memory(s, room=60)
+        assert memory.tokens() <= memory.budget
+        assert not any(s.fact in m.content for m in memory.context()) and s.fact in memory.recall[0].content
+        assert s.fact in memory.archive.search(s.question, k=3)[0].text  # BM25 finds it from the question alone
+    assert [m.role for m in conversation(SCENARIOS[0], 2)] == ["user", "assistant"] * 3
+
+
+SEARCH = 'Thought: search.\nAction: archival_search\nAction Input: {"query": "locker code"}'
+
+
+def test_paging_episode_searches_then_answers_within_the_budget():
+    memory = paged_memory(SCENARIOS[0], room=60)
+    llm = ScriptedLLM([SEARCH, "Thought: found.\nFinal Answer: 4821"])
+    out = paging_episode(llm, memory, SCENARIOS[0].question)
+    assert out["answer"] == "4821" and out["model_calls"] == 2
+    assert [s["kind"] for s in out["steps"]] == ["action", "answer"]
+    assert SCENARIOS[0].fact in out["steps"][0]["observation"]
+    assert out["largest_context"] <= out["budget"] == memory.budget
+    assert out["completion_tokens"] == len(SEARCH.split()) + 5 and out["prompt_tokens"] > 0
+    assert "Final Answer: 4821" not in llm.prompts[0][-1].content and "Question:" in llm.prompts[0][-1].content
+
+
+def test_paging_episode_turns_junk_into_observations_and_stops_at_its_limit():
+    memory = paged_memory(SCENARIOS[1], room=80)
+    out = paging_episode(ScriptedLLM(["I do not know.", 'Action: nope\nAction Input: {}']), memory, "Who?",
+                         max_steps=3)
+    assert out["answer"] is None and out["model_calls"] == 3
+    assert [s["kind"] for s in out["steps"]] == ["malformed", "action", "malformed"]
+    assert out["steps"][1]["observation"].startswith("error:")  # an unknown tool: an observation, not a crash
+    with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
+        paging_episode(ScriptedLLM(["x"]), memory, "Who?", max_steps=0)
+
+
+def test_a_scripted_run_is_summarised_by_counting():
+    replies = ["Your code is 4821.", "I forgot.", "It is 4821", SEARCH, "Thought: ok\nFinal Answer: 4821"]
+    rows = [scenario_row(ScriptedLLM(replies), SCENARIOS[0], room=60)]
+    summary = summarize_paging({"scenarios": rows})
+    assert {c: v["recalled"] for c, v in summary["conditions"].items()} == {"full": 1, "window": 0,
+                                                                            "retrieval": 1, "agent": 1}
+    assert summary["agent"]["searched_first"] == summary["agent"]["search_found_fact"] == 1
+    assert summary["agent"]["tool_calls"] == {"archival_search": 1}
+    assert summary["window_fact_evicted"] == summary["search_found"] == 1
+    assert summary["conditions"]["agent"]["model_calls"] == 2

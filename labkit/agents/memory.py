@@ -46,11 +46,13 @@ tokenizer belong to the chapter's notebook.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from labkit.agents.tools import Tool
-from labkit.llm.base import ROLES, Message, check_messages
+from labkit.agents.react import STOP, describe_tools, format_error, parse_step
+from labkit.agents.tools import Tool, ToolBox
+from labkit.llm.base import LLM, ROLES, Message, check_messages
 from labkit.rag.bm25 import BM25
 from labkit.rag.index import tokenize
 
@@ -401,3 +403,301 @@ class PagedMemory:
         """The four memory functions as tools, for a `ToolBox`."""
         return [Tool.from_function(f) for f in (self.core_memory_append, self.core_memory_replace,
                                                 self.archival_insert, self.archival_search)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# with a real model: its tokenizer as the counter, and what SmolLM2 does with the paging tools (run "13-memory")
+
+def chat_counter(llm: object) -> tuple[TokenCounter, int, int]:
+    """(count, per_message, reply_prompt) measured from a tokenizer backend's own chat template (`LocalLLM`).
+
+    count(text) is the number of tokens of the text alone; per_message is the most template tokens a user,
+    assistant or tool message adds around its text (SmolLM2: `<|im_start|>`, the role, a newline, `<|im_end|>`, a
+    newline: 5 for "user", 6 for "assistant", whose name is two tokens); reply_prompt is what the system
+    message and the opening of the model's reply cost beyond that. So for a context that opens with a system
+    message (else the template adds its own default one),
+    `len(llm.prompt_ids(messages)) <= context_tokens(messages, count, per_message) + reply_prompt`:
+    a budget held with this counter holds for the prompt the model really reads.
+    """
+    if not (callable(getattr(llm, "encode", None)) and callable(getattr(llm, "prompt_ids", None))):
+        raise TypeError(f"chat_counter needs a backend with a tokenizer (encode, prompt_ids: LocalLLM), got "
+                        f"{type(llm).__name__}")
+    encode, ids = llm.encode, llm.prompt_ids  # type: ignore[attr-defined]
+    system = Message("system", "x")
+    alone = len(ids([system])) - len(encode("x"))  # the system message's wrapping + the reply's opening
+    per_message = max(len(ids([system, Message(role, "x")])) - len(ids([system])) - len(encode("x"))
+                      for role in ROLES if role != "system")
+    return (lambda text: len(encode(text))), per_message, max(0, alone - per_message)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One recall test: a fact the user states early, the question asked after it was paged out, the answer."""
+    id: str
+    fact: str
+    question: str
+    answer: str
+
+
+# Hand-written: each answer is a word or number the model must copy from the fact (it cannot know it otherwise).
+SCENARIOS = tuple(Scenario(*row) for row in (
+    ("locker", "My locker code at the gym is 4821.", "What is my locker code at the gym?", "4821"),
+    ("sister", "My sister is called Ingrid.", "What is my sister called?", "Ingrid"),
+    ("flight", "My flight to Lisbon leaves from gate B17.", "Which gate does my flight to Lisbon leave from?", "B17"),
+    ("cat", "My cat is named Pixel.", "What is my cat named?", "Pixel"),
+    ("room", "I am staying in room 312 of the hotel.", "Which room of the hotel am I staying in?", "312"),
+    ("teacher", "My piano teacher is Mr. Okafor.", "Who is my piano teacher?", "Okafor"),
+    ("bike", "My bike lock combination is 7305.", "What is my bike lock combination?", "7305"),
+    ("city", "I grew up in Tromso, in Norway.", "Where did I grow up?", "Tromso"),
+    ("doctor", "My appointment with the dentist is on Thursday.", "On which day is my appointment with the dentist?",
+     "Thursday"),
+    ("plant", "The plant on my desk is a fern called Gerald.", "What is the plant on my desk called?", "Gerald"),
+    ("wifi", "The wifi password at the cabin is maple88.", "What is the wifi password at the cabin?", "maple88"),
+    ("car", "I parked the car on level 6 of the garage.", "On which level of the garage did I park the car?", "6"),
+))
+
+# Small talk that pushes the fact out of the window: the same turns, in the same order, for every scenario.
+SMALL_TALK = (
+    ("Can you suggest a good book for a rainy weekend?",
+     "Try a long mystery novel; the slow pace suits a rainy weekend."),
+    ("How do I keep basil alive on a windowsill?",
+     "Give it plenty of light, water it when the soil feels dry and pinch off the flowers."),
+    ("What is a quick breakfast I can make before work?",
+     "Oats soaked overnight in milk with some fruit are ready when you wake up."),
+    ("Any tips for sleeping better?",
+     "Keep a regular bedtime, avoid screens late at night and keep the bedroom cool."),
+    ("How long should I boil an egg for a soft yolk?",
+     "About six minutes in boiling water, then cool it under the tap."),
+    ("Which stretches help after a long walk?",
+     "Calf and hamstring stretches, held for half a minute each, help most."),
+    ("How can I make my emails shorter?",
+     "Put the request in the first line and cut every sentence that does not support it."),
+    ("What should I pack for a day of hiking?",
+     "Water, a snack, a rain jacket, a map and a charged phone."),
+)
+
+ANSWER_SYSTEM = "You are a helpful assistant. Answer the user's question briefly, from what you know about the user."
+ACKNOWLEDGE = "Got it, I will remember that."
+
+PAGING_SYSTEM = """You are a helpful assistant with a memory. You may use these tools:
+{tools}
+
+Each reply is ONE step, in exactly this form:
+Thought: <your reasoning>
+Action: <one tool name from the list>
+Action Input: <the arguments as one JSON object>
+
+Then stop: the tool's result comes back to you as "Observation: ...". When you know the answer, reply:
+Thought: <your reasoning>
+Final Answer: <the answer>
+
+Example:
+Question: What is my dog called?
+Thought: The user told me, but it is no longer in my context. I should search my archival memory.
+Action: archival_search
+Action Input: {{"query": "dog called"}}
+Observation: [3, evicted] user: My dog is called Biscuit.
+Thought: The archive says the dog is called Biscuit.
+Final Answer: Biscuit"""
+# The example's fact (a dog called Biscuit) is in no scenario: a recall must come from the archive, not the prompt.
+
+
+def conversation(scenario: Scenario, small_talk: int = len(SMALL_TALK)) -> list[Message]:
+    """The turns before the question: the fact and its acknowledgement, then `small_talk` pairs of small talk."""
+    turns = [Message("user", scenario.fact), Message("assistant", ACKNOWLEDGE)]
+    for question, reply in SMALL_TALK[:small_talk]:
+        turns += [Message("user", question), Message("assistant", reply)]
+    return turns
+
+
+def recalled(answer: str | None, gold: str) -> bool:
+    """The gold word or number occurs as a whole word in the answer (case-insensitive); None is never right."""
+    if not answer:
+        return False
+    return re.search(rf"(?<![\w]){re.escape(gold.lower())}(?![\w])", answer.lower()) is not None
+
+
+def _usage(llm: object) -> tuple[int, int]:
+    usage = getattr(llm, "usage", None)
+    return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
+
+
+def _answer(llm: LLM, messages: list[Message], max_tokens: int) -> dict:
+    before = _usage(llm)
+    reply = llm.chat(messages, max_tokens=max_tokens, temperature=0.0)[0]
+    after = _usage(llm)
+    return {"answer": reply.text.strip(), "prompt_tokens": after[0] - before[0],
+            "completion_tokens": after[1] - before[1]}
+
+
+def paged_memory(scenario: Scenario, room: int, count: TokenCounter = count_words, per_message: int = 0,
+                 small_talk: int = len(SMALL_TALK)) -> PagedMemory:
+    """A PagedMemory (system: PAGING_SYSTEM with the four memory tools) after the scenario's conversation was
+    added, whose budget leaves `room` tokens for messages beside its system part: with a small room the early
+    fact has been paged out to the archive before the question is asked."""
+    core = CoreMemory({"persona": "I am a helpful assistant.", "human": ""})
+    system = PAGING_SYSTEM.format(tools=describe_tools(ToolBox(PagedMemory("", budget=10**9).tools())))
+    fixed = context_tokens([PagedMemory(system, 10**9, count, per_message, core).system_message()], count,
+                           per_message)
+    memory = PagedMemory(system, budget=fixed + room, count=count, per_message=per_message, core=core)
+    for m in conversation(scenario, small_talk):
+        memory.add(m.role, m.content)
+    return memory
+
+
+def paging_episode(llm: LLM, memory: PagedMemory, question: str, max_steps: int = 4, max_tokens: int = 64) -> dict:
+    """The model answers `question` from the main context of `memory`, with its four tools (ReAct steps, read by
+    `labkit.agents.react.parse_step`, a bad one answered with the format again). As in MemGPT, every step and
+    every observation joins the FIFO queue like any message, so they page older turns out too.
+
+    Returns a plain dict: the answer (None without one), each step (kind, tool, arguments, observation), model
+    calls, tokens (from the backend's usage), and the largest main context the model was shown, in the memory's
+    own count (`memory.budget` bounds it: it is recorded so that a reader can check it)."""
+    if not isinstance(llm, LLM):
+        raise TypeError(f"llm must be a labkit.llm.base.LLM, got {type(llm).__name__}")
+    if not isinstance(memory, PagedMemory):
+        raise TypeError(f"memory must be a PagedMemory, got {type(memory).__name__}")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question must be a non-empty string, got {question!r:.80}")
+    for name, value in (("max_steps", max_steps), ("max_tokens", max_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    box = ToolBox(memory.tools())
+    before = _usage(llm)
+    out: dict = {"answer": None, "steps": [], "model_calls": 0, "overflow": None}
+    memory.add("user", f"Question: {question.strip()}")
+    largest = memory.tokens()
+    for _ in range(max_steps):  # max_steps model calls at most, whatever the model writes
+        reply = llm.chat(memory.context(), max_tokens=max_tokens, temperature=0.0, stop=STOP)[0]
+        out["model_calls"] += 1
+        step = parse_step(reply.text)
+        if step.kind == "answer":
+            out["steps"].append({"kind": "answer", "text": step.text.strip()})
+            out["answer"] = step.final_answer
+            break
+        observation = (format_error(step.error or "", reply.finish_reason, max_tokens) if step.malformed
+                       else box.call(step.action or "", step.arguments))
+        out["steps"].append({"kind": step.kind, "tool": step.action, "arguments": step.arguments,
+                             "observation": observation, "text": step.text.strip()})
+        try:  # a reply or an observation too big for the main context even alone is refused: the episode ends
+            memory.add("assistant", step.text.strip() or "(empty reply)")
+            memory.add("user", f"Observation: {observation}")
+        except ValueError as e:
+            out["overflow"] = str(e)
+            break
+        largest = max(largest, memory.tokens())
+    after = _usage(llm)
+    out.update(prompt_tokens=after[0] - before[0], completion_tokens=after[1] - before[1],
+               largest_context=largest, budget=memory.budget)
+    return out
+
+
+def paging_run(llm: LLM | None = None, *, room: int = 200, max_steps: int = 4, max_tokens: int = 64,
+               answer_tokens: int = 24, limit: int | None = None, progress: bool = True) -> dict:
+    """Saved run `13-memory`: for every scenario, the model asked the question four ways (all greedy):
+
+    - `full`: the whole conversation in its context (no budget): can it copy the fact when it sees it?
+    - `window`: the token window (`fit_to_budget`, `room` tokens beside the system prompt): the fact was evicted;
+    - `retrieval`: the same window, plus what `archival_search(question, k=3)` returns, put there by the code;
+    - `agent`: MemGPT-style — the paged main context and the four memory tools, the model deciding what to call
+      (`paging_episode`).
+
+    Tokens are counted with the model's tokenizer and chat template (`chat_counter`) where the backend has one,
+    else in words. Returns a plain dict; `summarize_paging(record)` makes the chapter's table."""
+    from labkit.llm import connect
+
+    llm = llm if llm is not None else connect()
+    try:
+        count, per_message, reply_prompt = chat_counter(llm)
+        counter = "tokenizer"
+    except TypeError:  # an HTTP backend has no tokenizer here: words stand in for tokens
+        count, per_message, reply_prompt, counter = count_words, 0, 0, "words"
+    scenarios = SCENARIOS[:limit]
+    bar = scenarios
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(scenarios, desc="memory scenarios")
+    rows = []
+    for sc in bar:
+        rows.append(scenario_row(llm, sc, count, per_message, room=room, max_steps=max_steps, max_tokens=max_tokens,
+                                 answer_tokens=answer_tokens))
+    return {"model": llm.name, "counter": counter, "per_message": per_message, "reply_prompt": reply_prompt,
+            "room": room, "max_steps": max_steps, "max_tokens": max_tokens, "answer_tokens": answer_tokens,
+            "small_talk": len(SMALL_TALK), "scenarios": rows}
+
+
+def _windowed(system: str, turns: list[Message], room: int, count: TokenCounter, per_message: int) -> list[Message]:
+    head = Message("system", system)
+    return fit_to_budget([head, *turns], context_tokens([head], count, per_message) + room, count, per_message)[0]
+
+
+def scenario_row(llm: LLM, sc: Scenario, count: TokenCounter = count_words, per_message: int = 0, *,
+                 room: int = 200, max_steps: int = 4, max_tokens: int = 64, answer_tokens: int = 24,
+                 conditions: Sequence[str] = ("full", "window", "retrieval", "agent")) -> dict:
+    """One scenario of `paging_run`, for the `conditions` asked (the notebook's live slice re-runs a few)."""
+    turns = [*conversation(sc), Message("user", sc.question)]
+    row: dict = {"id": sc.id, "gold": sc.answer}
+    if "full" in conditions:
+        row["full"] = _answer(llm, [Message("system", ANSWER_SYSTEM), *turns], answer_tokens)
+    if "window" in conditions:
+        kept = _windowed(ANSWER_SYSTEM, turns, room, count, per_message)
+        row["window"] = {**_answer(llm, kept, answer_tokens), "messages": len(kept),
+                         "fact_in_context": any(sc.fact in m.content for m in kept)}
+    memory = paged_memory(sc, room, count, per_message)
+    hits = memory.archive.search(sc.question, k=3)
+    row["search"] = {"hits": [e.text for e in hits], "found": any(sc.fact in e.text for e in hits),
+                     "fact_in_context": any(sc.fact in m.content for m in memory.context()),
+                     "evicted": len(memory.recall)}
+    if "retrieval" in conditions:  # the hits go before the question, as chapter 12 puts retrieved passages
+        found = "From your archival memory:\n" + "\n".join(e.text for e in hits)
+        asked = [*turns[:-1], Message("user", f"{found}\n\nQuestion: {sc.question}")]
+        row["retrieval"] = _answer(llm, _windowed(ANSWER_SYSTEM, asked, room, count, per_message), answer_tokens)
+    if "agent" in conditions:
+        row["agent"] = paging_episode(llm, memory, sc.question, max_steps, max_tokens)
+    return row
+
+
+CONDITIONS = ("full", "window", "retrieval", "agent")
+
+
+def summarize_paging(record: Mapping) -> dict:
+    """The chapter's numbers from a `paging_run` record (pure counting: the same on every CPU).
+
+    Per condition: how many answers contain the gold (`recalled`), model calls and tokens. For the agent, what it
+    did with the tools: episodes that searched the archive at all / first, searches whose results held the fact,
+    malformed steps, calls per tool, episodes that ended with an answer."""
+    rows = record["scenarios"]
+    if not rows:
+        raise ValueError("the record has no scenarios")
+    out: dict = {"n": len(rows), "conditions": {}}
+    for c in CONDITIONS:
+        got = [r[c] for r in rows if c in r]
+        out["conditions"][c] = {
+            "recalled": sum(recalled(g["answer"], r["gold"]) for g, r in zip(got, rows)),
+            "model_calls": sum(g.get("model_calls", 1) for g in got),
+            "prompt_tokens": sum(g["prompt_tokens"] for g in got),
+            "completion_tokens": sum(g["completion_tokens"] for g in got)}
+    agent = [r["agent"] for r in rows]
+    actions = [[s for s in a["steps"] if s["kind"] == "action"] for a in agent]
+    tools: dict[str, int] = {}
+    for steps in actions:
+        for s in steps:
+            tools[s["tool"]] = tools.get(s["tool"], 0) + 1
+    out["agent"] = {
+        "answered": sum(a["answer"] is not None for a in agent),
+        "searched": sum(any(s["tool"] == "archival_search" for s in steps) for steps in actions),
+        "searched_first": sum(bool(a["steps"]) and a["steps"][0].get("tool") == "archival_search" for a in agent),
+        "search_found_fact": sum(any(s["tool"] == "archival_search" and _fact_in(s["observation"], r)
+                                     for s in steps) for steps, r in zip(actions, rows)),
+        "malformed_steps": sum(s["kind"] == "malformed" for a in agent for s in a["steps"]),
+        "steps": sum(len(a["steps"]) for a in agent),
+        "tool_calls": dict(sorted(tools.items())),
+        "within_budget": sum(a["largest_context"] <= a["budget"] for a in agent)}
+    out["window_fact_evicted"] = sum(not r["window"]["fact_in_context"] for r in rows)
+    out["search_found"] = sum(r["search"]["found"] for r in rows)
+    return out
+
+
+def _fact_in(observation: str, row: Mapping) -> bool:
+    fact = next(s.fact for s in SCENARIOS if s.id == row["id"])
+    return fact in observation
