@@ -124,6 +124,8 @@ def config(m: Manifest, site: Path, cache: Path = CACHE) -> dict:
             "extensions": [e for e in get_default_sphinx_config()["extensions"] if e != "sphinx_thebe"],
             # Without a default the theme logs "Got invalid theme mode" on every page.
             "html_context": {"default_mode": "auto"},
+            # "page.ipynb#a-heading" links (chapter 4 points at a section of chapter 13): anchors for ## and ###
+            "myst_heading_anchors": 3,
             # Copied whole into _static/: fonts and MathJax's lazily loaded parts come along.
             "html_static_path": [str(cache.resolve()), str(site.resolve())],
             # The standalone html-manager bundle (no require.js) instead of myst-nb's CDN default,
