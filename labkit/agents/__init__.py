@@ -7,12 +7,18 @@
 - tools: a tool's JSON Schema from a typed function and its docstring, a validator for that schema, a registry with
   an allow-list whose `call` answers every bad call with an observation naming the field, and a parser for the
   model's JSON tool call (json, never eval); `default_toolbox()` holds calculator, search_docs, run_python.
+- selection: tool-selection accuracy in the Berkeley function-calling leaderboard's categories (simple, multiple,
+  relevance) on chapter 9's held-out requests, prompted, constrained (a union of chapter 10's automata, one per
+  offered tool, plus a "none" call) and with chapter 9's LoRA adapter, scored with Wilson intervals.
 - mcp_server: the same tools over the Model Context Protocol (official `mcp` SDK, stdio), every call through the
   same ToolBox validator, and a JSON-RPC error for a line that is not a message (`python -m labkit.agents.mcp_server`).
 - mcp_client: `MCPToolBox`, a synchronous client of that server with ToolBox's `call`/`run`, for the agent.
 - react: the ReAct loop (Yao et al., ICLR 2023): a step parser that reads labels only at line starts and cuts
   everything from "Observation:", a step limit, malformed output and tool errors as observations, and the
   trajectory rendered as text and escaped HTML.
+- react_format: the ReAct step format as a byte automaton (a one-line thought, then an offered tool name and JSON
+  arguments valid for it through chapter 10's schema automaton, or a final answer; no forged "Observation:"), run
+  through chapter 10's token masks so a small model can only write well-formed steps.
 - memory: a token-budget window (oldest non-system turns evicted first, never the system prompt or the newest
   turn) and MemGPT-style paging (Packer et al. 2023): core-memory blocks, a FIFO queue whose evicted messages go
   to a BM25 archival store, and archival_insert/archival_search as tools.

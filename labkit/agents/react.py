@@ -30,6 +30,9 @@ model the result as the next message, "Observation: 19". Four rules make the loo
 4. **A step limit.** `max_steps` model calls at most, whatever the model writes: the loop always terminates, and
    the trajectory says why it stopped ("answer" or "step_limit").
 
+A small model breaks the format often. `run_react(..., constraint=ReactFormat(toolbox, llm.tokenizer))` (from
+`labkit.agents.react_format`) masks every reply token by token so that it can only be one well-formed step.
+
 Untrusted text (model output, tool results) is never evaluated: the action input is read with `json`, and both
 renderers (`render_text`, `render_html`) treat every such string as data — the HTML one escapes all of it.
 Tests drive the loop with a scripted fake LLM (the wiring); success rates come from the real model.
@@ -45,7 +48,7 @@ import html
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 from labkit.agents.tools import ToolCall
 from labkit.llm.base import LLM, Usage
@@ -288,17 +291,29 @@ def check_episode(llm: object, question: object, toolbox: object, max_steps: obj
 
 
 def run_react(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, max_tokens: int = 256,
-              temperature: float = 0.0, system: str = SYSTEM, stop: Sequence[str] = STOP) -> Trajectory:
+              temperature: float = 0.0, system: str = SYSTEM, stop: Sequence[str] = STOP,
+              constraint: Callable[[], Any] | None = None) -> Trajectory:
     """Run one ReAct episode: at most `max_steps` model calls, each one step (see the module docstring).
 
     Returns the Trajectory: stopped == "answer" with the answer, or "step_limit" with answer None.
     `system` must contain "{tools}" (where the tool list goes); `stop` must include "Observation:".
+    `constraint`: a factory of token-by-token constraints applied to every reply, e.g.
+    `labkit.agents.react_format.ReactFormat(toolbox, llm.tokenizer)` (the step format as an automaton); one that
+    names its tools (`tool_names`) must name exactly the toolbox's allowed tools.
     """
     check_episode(llm, question, toolbox, max_steps)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
     if not isinstance(system, str) or "{tools}" not in system:
         raise ValueError("system must be a string containing '{tools}', where the tool list is inserted")
+    if constraint is not None:
+        if not callable(constraint):
+            raise TypeError(f"constraint must be None or a zero-argument factory of constraints (ReactFormat), "
+                            f"got {type(constraint).__name__}")
+        names = getattr(constraint, "tool_names", None)
+        offered = tuple(s["name"] for s in toolbox.specs())
+        if names is not None and tuple(names) != offered:  # a mask for other tools would force calls that fail
+            raise ValueError(f"the constraint allows the tools {list(names)}, the toolbox offers {list(offered)}")
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     if OBSERVATION not in stop:
         raise ValueError(f"stop must include {OBSERVATION!r}, so the model does not write its own observations; "
@@ -309,7 +324,8 @@ def run_react(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, ma
     messages = react_messages(question, toolbox, system)
     traj = Trajectory(question=question)
     for _ in range(max_steps):  # the only loop: it cannot run more than max_steps times (rule 4)
-        reply = llm.chat(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)[0]
+        reply = llm.chat(messages, max_tokens=max_tokens, temperature=temperature, stop=stop,
+                         constraint=constraint)[0]
         traj.model_calls += 1
         traj.completion_tokens += reply.tokens
         step = parse_step(reply.text)
