@@ -336,3 +336,15 @@ RUNS["12-embed-finetune"] = _embed_finetune
 # MiniLM and its pooling (labkit.rag.dense) are checked by the notebook's live slice (the first training steps
 # re-run and asserted against the record); the pretrained chunk vectors come from the saved run 12-embeddings
 MEASURES["12-embed-finetune"] = ("labkit/rag/embed_finetune.py", "data/rag-questions/questions.jsonl")
+
+
+def _injection() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.agents.injection import injection_run
+
+    return injection_run(), {}
+
+
+RUNS["13-injection"] = _injection
+# greedy SmolLM2 replies in every episode of the injection benchmark; the notebook replays all of them through the
+# harness (verdicts asserted) and re-runs a few episodes live, asserting the recorded replies
+MEASURES["13-injection"] = ("labkit/agents/injection.py", "labkit/agents/defences.py")
