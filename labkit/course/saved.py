@@ -348,3 +348,14 @@ RUNS["13-injection"] = _injection
 # greedy SmolLM2 replies in every episode of the injection benchmark; the notebook replays all of them through the
 # harness (verdicts asserted) and re-runs a few episodes live, asserting the recorded replies
 MEASURES["13-injection"] = ("labkit/agents/injection.py", "labkit/agents/defences.py")
+
+
+def _agent_memory() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.agents.memory import paging_run
+
+    return paging_run(), {}
+
+
+RUNS["13-memory"] = _agent_memory
+# greedy SmolLM2 answers and paging-tool episodes; the notebook re-runs a few scenarios live and asserts the record
+MEASURES["13-memory"] = ("labkit/agents/memory.py",)
