@@ -30,6 +30,8 @@
   gate that runs a side-effecting tool only when `approve(name, arguments)` says True (default: deny).
 - tasks: the course's agent task set (`data/agent-tasks/`: arithmetic, lookup, multihop; gold steps tagged memory
   or reason) and `is_correct`, which scores a free-text answer (the last number stated, or the gold as whole words).
+- step_tags: ⟨memory⟩/⟨reason⟩ tagged steps (Jin et al. 2024): parse them, check each against the task's gold steps
+  (facts by value, arithmetic by the calculator), and bin a wrong answer by the tag of its first failing step.
 - injection: a small AgentDojo-style prompt-injection benchmark (Debenedetti et al. 2024): an in-memory environment
   (documents, outbox, files), user and injection tasks judged on its final state, forged ReAct steps in documents,
   utility / utility under attack / attack success rate with and without the defences, and the attack table.
