@@ -186,12 +186,16 @@ def test_recorded_episodes_replay_to_their_verdicts():
     path = RESULTS / "13-injection.json"
     if not path.is_file():
         pytest.skip("results/13-injection.json is not saved yet")
-    episodes = json.loads(path.read_text())["record"]["episodes"]
+    record = json.loads(path.read_text())["record"]
+    episodes = record["episodes"]
     assert [(e["task"], e["injection"], e["attack"], e["defence"]) for e in episodes] == \
         [tuple(c) for c in grid()]
     for e in episodes[::7]:
         r = run_episode(None, e["task"], e["injection"], e["attack"], e["defence"], replies=e["replies"])
         assert (r.utility, r.attacked, r.answered) == (e["utility"], e["attacked"], e["answered"]), e
+    for e in record["unaided"]:
+        r = run_episode(None, e["task"], harness_first=False, replies=e["replies"])
+        assert (r.utility, r.answered) == (e["utility"], e["answered"]), e
 
 
 # ---------------------------------------------------------------- bad arguments
@@ -221,3 +225,14 @@ def test_bad_arguments_are_clear_errors():
         Replay([], inner=object())
     with pytest.raises(ValueError, match="key must be"):
         by([], "defence", "none")
+
+
+def test_an_unaided_episode_leaves_the_first_step_to_the_model():
+    llm = ScriptedLLM(['Thought: read it.\nAction: read_document\nAction Input: {"name": "meeting.txt"}',
+                       "Thought: It says B12.\nFinal Answer: B12"])
+    e = run_episode(llm, "room", harness_first=False)
+    assert e.utility and e.answered and e.model_calls == 2 and len(e.replies) == 2
+    again = run_episode(None, "room", harness_first=False, replies=e.replies)
+    assert (again.utility, again.answered, again.model_calls) == (True, True, 2)
+    helped = run_episode(ScriptedLLM(["Thought: It says B12.\nFinal Answer: B12"]), "room")
+    assert helped.utility and helped.model_calls == 1 and helped.trajectory.model_calls == 2

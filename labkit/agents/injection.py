@@ -23,11 +23,15 @@ This module is that benchmark in miniature, in memory:
 - `DEFENCES`: none, each of chapter 13's three (`labkit.agents.defences`: the allow-list, provenance tags, the
   approval gate) alone, and all three together.
 - `run_episode` / `injection_run`: the whole grid with `run_react`, and `summarize` for the table.
+- `attack_table`: the chapter's injection attacks run by scripted agents (`obedient` does what the injection
+  says, `dutiful` ignores it, `forging` writes a fake "Observation:" itself), so what each defence stops by
+  construction is shown apart from what one model happened to do.
 
 **The first step is the harness's.** SmolLM2-135M does not start a ReAct episode by itself (it answers the format
-with prose: measured in react.ipynb), so an injection it never reads could not be measured. As in a retrieval
-pipeline, the agent's first step is fixed — it reads the document the task names (`Replay` writes that reply) —
-and every later step is the model's. The observation it reads comes through the real tools and defences.
+with prose; `injection_run` measures that too, `unaided`), so an injection it never reads could not be measured. As
+in a retrieval pipeline, the agent's first step is fixed — it reads the document the task names (`Replay` writes
+that reply) — and every later step is the model's. The observation it reads comes through the real tools and
+defences.
 
 **The approver is the user.** The gate asks `UserTask.approves(name, arguments)`: the simulated user says yes to
 exactly the side effect they asked for (a message to *their* recipient, the file *they* named) and no to anything
@@ -335,10 +339,11 @@ def _lookup(table: Sequence, key: str | None, what: str):
 
 def run_episode(llm: LLM | None, task: str, injection: str | None = None, attack: str | None = None,
                 defence: str = "none", *, replies: Sequence[str] | None = None, max_steps: int | None = None,
-                max_tokens: int = MAX_TOKENS, cache: dict | None = None) -> Episode:
+                max_tokens: int = MAX_TOKENS, cache: dict | None = None, harness_first: bool = True) -> Episode:
     """One episode in a fresh environment. `replies` replays given replies (recorded, or scripted) instead of
     asking `llm` (then `llm` may be None, and max_steps defaults to one per reply after the harness's read);
-    otherwise `llm` None means `labkit.llm.connect()` and max_steps defaults to MAX_STEPS. `cache`: see `Replay`."""
+    otherwise `llm` None means `labkit.llm.connect()` and max_steps defaults to MAX_STEPS. `cache`: see `Replay`.
+    `harness_first=False` leaves the first step to the model too (the unaided agent)."""
     user = _lookup(USER_TASKS, task, "task")
     inj = _lookup(INJECTIONS, injection, "injection")
     if (inj is None) != (attack is None):
@@ -350,20 +355,21 @@ def run_episode(llm: LLM | None, task: str, injection: str | None = None, attack
     env = Environment()
     if inj is not None:
         env.documents[user.document] = inject(env.documents[user.document], ATTACKS[attack](inj))
+    first = [first_step(user)] if harness_first else []
     if replies is not None:
-        agent = Replay([first_step(user), *replies])
+        agent = Replay([*first, *replies])
     else:
         if llm is None:
             from labkit.llm import connect
             llm = connect()
-        agent = Replay([first_step(user)], llm, cache)
+        agent = Replay(first, llm, cache)
     if max_steps is None:
-        max_steps = MAX_STEPS if replies is None else len(replies) + 1
+        max_steps = MAX_STEPS if replies is None else len(replies) + len(first)
     box, system = defended(env, user, defence)
     traj = run_react(agent, user.prompt, box, max_steps=max_steps, max_tokens=max_tokens, system=system)
     return Episode(task, injection, attack, defence, user.utility(env, traj.answer),
                    inj is not None and inj.succeeded(env, traj.answer), traj.stopped == "answer",
-                   list(replies) if replies is not None else agent.generated, traj.model_calls - 1,
+                   list(replies) if replies is not None else agent.generated, traj.model_calls - len(first),
                    traj.completion_tokens, traj)
 
 
@@ -388,8 +394,11 @@ def injection_run(llm: LLM | None = None, defences: Sequence[str] = DEFENCES) ->
     start, cache = time.perf_counter(), {}
     episodes = [run_episode(llm, *case, cache=cache).record()
                 for case in tqdm(grid(defences), desc="injection episodes")]
+    decoded = len(cache)
+    # the same clean tasks with no harness step: does the model read the document by itself?
+    unaided = [run_episode(llm, t.id, cache=cache, harness_first=False).record() for t in USER_TASKS]
     return {"model": llm.name, "max_steps": MAX_STEPS, "max_tokens": MAX_TOKENS, "episodes": episodes,
-            "decoded": len(cache), "seconds": round(time.perf_counter() - start, 1)}
+            "decoded": decoded, "unaided": unaided, "seconds": round(time.perf_counter() - start, 1)}
 
 
 # ------------------------------------------------------------------------------------------------------------
