@@ -35,4 +35,6 @@
 - injection: a small AgentDojo-style prompt-injection benchmark (Debenedetti et al. 2024): an in-memory environment
   (documents, outbox, files), user and injection tasks judged on its final state, forged ReAct steps in documents,
   utility / utility under attack / attack success rate with and without the defences, and the attack table.
+- reflection: Reflexion (Shinn et al. 2023) on small code tasks — the model's code run on unit tests in the sandbox,
+  retries on the failures with the model's own reflection, and the false positives of model-written tests.
 """
