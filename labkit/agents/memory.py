@@ -522,11 +522,19 @@ def _usage(llm: object) -> tuple[int, int]:
     return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
 
 
+def _read(llm: object, messages: list[Message], spent: int) -> int:
+    """Prompt tokens the model reads for `messages`: the whole templated prompt where the backend can tokenize it
+    (a prefix served from its cache still counts: the comparison is of contexts, not of cache luck), else what
+    its usage counted."""
+    ids = getattr(llm, "prompt_ids", None)
+    return len(ids(messages)) if callable(ids) else spent
+
+
 def _answer(llm: LLM, messages: list[Message], max_tokens: int) -> dict:
     before = _usage(llm)
     reply = llm.chat(messages, max_tokens=max_tokens, temperature=0.0)[0]
     after = _usage(llm)
-    return {"answer": reply.text.strip(), "prompt_tokens": after[0] - before[0],
+    return {"answer": reply.text.strip(), "prompt_tokens": _read(llm, messages, after[0] - before[0]),
             "completion_tokens": after[1] - before[1]}
 
 
@@ -551,7 +559,8 @@ def paging_episode(llm: LLM, memory: PagedMemory, question: str, max_steps: int 
     every observation joins the FIFO queue like any message, so they page older turns out too.
 
     Returns a plain dict: the answer (None without one), each step (kind, tool, arguments, observation), model
-    calls, tokens (from the backend's usage), and the largest main context the model was shown, in the memory's
+    calls, tokens (prompt: the templated prompt of each call, tokenized where the backend can; generated: from
+    the backend's usage), and the largest main context the model was shown, in the memory's
     own count (`memory.budget` bounds it: it is recorded so that a reader can check it)."""
     if not isinstance(llm, LLM):
         raise TypeError(f"llm must be a labkit.llm.base.LLM, got {type(llm).__name__}")
@@ -563,13 +572,17 @@ def paging_episode(llm: LLM, memory: PagedMemory, question: str, max_steps: int 
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     box = ToolBox(memory.tools())
-    before = _usage(llm)
-    out: dict = {"answer": None, "steps": [], "model_calls": 0, "overflow": None}
+    out: dict = {"answer": None, "steps": [], "model_calls": 0, "overflow": None, "prompt_tokens": 0,
+                 "completion_tokens": 0}
     memory.add("user", f"Question: {question.strip()}")
     largest = memory.tokens()
     for _ in range(max_steps):  # max_steps model calls at most, whatever the model writes
-        reply = llm.chat(memory.context(), max_tokens=max_tokens, temperature=0.0, stop=STOP)[0]
+        before, context = _usage(llm), memory.context()
+        reply = llm.chat(context, max_tokens=max_tokens, temperature=0.0, stop=STOP)[0]
+        after = _usage(llm)
         out["model_calls"] += 1
+        out["prompt_tokens"] += _read(llm, context, after[0] - before[0])
+        out["completion_tokens"] += after[1] - before[1]
         step = parse_step(reply.text)
         if step.kind == "answer":
             out["steps"].append({"kind": "answer", "text": step.text.strip()})
@@ -586,9 +599,7 @@ def paging_episode(llm: LLM, memory: PagedMemory, question: str, max_steps: int 
             out["overflow"] = str(e)
             break
         largest = max(largest, memory.tokens())
-    after = _usage(llm)
-    out.update(prompt_tokens=after[0] - before[0], completion_tokens=after[1] - before[1],
-               largest_context=largest, budget=memory.budget)
+    out.update(largest_context=largest, budget=memory.budget)
     return out
 
 
