@@ -28,13 +28,15 @@ CALL = json.dumps({"name": "calculator", "arguments": {"expression": "12 + 7"}})
 
 # ---------------------------------------------------------------- level 1: the router
 
-def test_router_runs_the_chosen_tool_once():
-    llm = ScriptedLLM(['Route: calculator\nInput: {"expression": "12 + 7"}'])
+def test_router_runs_the_chosen_tool_once_then_answers_from_its_result():
+    llm = ScriptedLLM(['Route: calculator\nInput: {"expression": "12 + 7"}', "19"])
     r = route(llm, "What is 12 + 7?", box())
     assert isinstance(r, AgencyResult)
-    assert (r.level, r.path, r.answer, r.model_calls, r.stopped, r.notes) == (
-        "router", ["calculator"], "19", 1, "answer", [])
+    assert (r.level, r.path, r.answer, r.model_calls, r.stopped, r.notes, r.observations) == (
+        "router", ["calculator"], "19", 2, "answer", [], ["19"])
     assert "calculator" in llm.prompts[0][0].content  # the model was shown the routes
+    assert "Tool result (calculator): 19" in llm.prompts[1][-1].content  # ... and then the tool's result
+    assert (r.prompt_tokens, r.completion_tokens) == (llm.usage.prompt_tokens, llm.usage.completion_tokens)
 
 
 def test_router_answer_route_asks_the_model_once_more():
@@ -130,3 +132,29 @@ def test_bad_arguments(level):
     if level is not route:
         with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
             level(llm, "q?", box(), max_steps=0)
+
+
+# ---------------------------------------------------------------- the measured run's plumbing
+
+def test_rows_score_with_the_task_rule_and_the_summary_counts_them():
+    from labkit.agents.agency import LEVELS, agency_row, summarize_agency
+    from labkit.agents.tasks import load_tasks
+
+    task = load_tasks("arithmetic")[0]
+    scripts = {"router": [f'Route: calculator\nInput: {json.dumps({"expression": task.steps[0].expression})}',
+                          "I am not sure."],
+               "state_machine": ["Plan.\nNext: act", CALL, f"Next: done\nAnswer: {task.answer}"],
+               "autonomous": [f"Thought: t\nFinal Answer: it is {task.answer}"]}
+    rows = [agency_row(ScriptedLLM(scripts[level]), task, level, box()) for level in LEVELS]
+    assert [r["correct"] for r in rows] == [False, True, True]
+    assert [r["model_calls"] for r in rows] == [2, 3, 1]
+    assert rows[1]["path"] == ["plan", "act", "check", "done"] and rows[1]["observations"] == ["19"]
+    s = summarize_agency({"rows": rows})
+    assert s["levels"]["state_machine"]["arithmetic"] == {"n": 1, "correct": 1, "answered": 1, "model_calls": 3,
+                                                          "prompt_tokens": rows[1]["prompt_tokens"],
+                                                          "completion_tokens": rows[1]["completion_tokens"]}
+    assert s["levels"]["router"]["all"]["correct"] == 0
+    assert s["behaviour"]["router"]["steps"] == {"calculator": 1}
+    assert s["behaviour"]["state_machine"]["steps"] == {"act": 1, "check": 1, "done": 1}
+    with pytest.raises(ValueError, match="level must be one of"):
+        agency_row(ScriptedLLM(["x"]), task, "swarm", box())

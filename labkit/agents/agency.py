@@ -5,8 +5,9 @@ seed material (the "prompt -> model -> agent" long read) orders three levels by 
 model owns:
 
 1. **Router** — code decides, the model picks one branch. The model reads the input and chooses ONE route from a
-   fixed set (here: a tool from the toolbox, or "answer" directly); the code then runs that route once and stops.
-   A little agency: the model steers, but it cannot loop or come back.
+   fixed set (here: a tool from the toolbox, or "answer" directly); the code then runs that route once — the
+   tool, then one more model call that writes the answer from the tool's result — and stops. A little agency:
+   the model steers, but it cannot loop or come back.
 2. **State machine** — code and model decide together. The states and the allowed transitions are written in
    code (here plan -> act -> check -> act ... -> done); in each state the model chooses only among the
    transitions that state allows, and one of those choices is whether to go round again or finish. The system
@@ -18,7 +19,7 @@ model owns:
 
 All three return the same `AgencyResult` — which level, the routes or states visited, model calls, the answer,
 why it stopped, and every refusal or fallback — so a notebook can set them side by side on one question.
-Every level terminates whatever the model writes: the router makes at most two model calls, the state machine
+Every level terminates whatever the model writes: the router makes exactly two model calls, the state machine
 and the loop at most `max_steps`. Model output is parsed strictly (line labels, `json` for arguments), never
 evaluated. Tests drive the levels with a scripted fake LLM (the wiring); how often each level gets a question
 right is measured with the real model.
@@ -70,6 +71,8 @@ class AgencyResult:
     stopped: StopReason = "step_limit"
     notes: list[str] = field(default_factory=list)
     observations: list[str] = field(default_factory=list)
+    prompt_tokens: int | None = None  # as the backend counted them (None where it does not count)
+    completion_tokens: int = 0
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -78,6 +81,19 @@ def _labels(text: str) -> dict[str, str]:
     for m in _LINE.finditer(text[:MAX_REPLY_CHARS]):
         found.setdefault(m.group(1).lower(), m.group(2).strip())
     return found
+
+
+def _usage(llm: LLM) -> tuple[int, int] | None:
+    usage = getattr(llm, "usage", None)
+    return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
+
+
+def _spent(llm: LLM, result: AgencyResult, before: tuple[int, int] | None) -> AgencyResult:
+    """Record the tokens the backend counted since `before` on the result (and return it)."""
+    after = _usage(llm)
+    if before is not None and after is not None:
+        result.prompt_tokens, result.completion_tokens = after[0] - before[0], after[1] - before[1]
+    return result
 
 
 def _ask(llm: LLM, result: AgencyResult, system: str, user: str, max_tokens: int) -> str:
@@ -97,6 +113,7 @@ Reply with exactly one line "Route: <route name>". For a tool route, add one lin
 "Input: <the tool's arguments as one JSON object>"."""
 
 DIRECT_SYSTEM = "Answer the question briefly. Reply with the answer only."
+FROM_RESULT_SYSTEM = "Answer the question briefly from the tool result below. Reply with the answer only."
 
 
 def parse_route(text: str, routes: list[str]) -> tuple[str, dict | None, str | None]:
@@ -122,10 +139,12 @@ def parse_route(text: str, routes: list[str]) -> tuple[str, dict | None, str | N
 
 
 def route(llm: LLM, question: str, toolbox: Tools, *, max_tokens: int = 128) -> AgencyResult:
-    """Level 1: one model call picks a route; the code runs it once. A tool route's answer is the tool's result;
-    the "answer" route (also the fallback) asks the model once more, for the answer alone."""
+    """Level 1: one model call picks a route; the code runs it once. A tool route calls the tool, then asks the
+    model once more for the answer, given the question and the tool's result; the "answer" route (also the
+    fallback) asks the model once more for the answer alone. Two model calls, always."""
     check_episode(llm, question, toolbox)
     result = AgencyResult("router", question)
+    before = _usage(llm)
     routes = [s["name"] for s in toolbox.specs()] + [ANSWER_ROUTE]
     system = ROUTER_SYSTEM.format(routes=describe_tools(toolbox))
     chosen, arguments, why = parse_route(_ask(llm, result, system, f"Question: {question.strip()}", max_tokens),
@@ -136,10 +155,12 @@ def route(llm: LLM, question: str, toolbox: Tools, *, max_tokens: int = 128) -> 
     if chosen == ANSWER_ROUTE:
         result.answer = _ask(llm, result, DIRECT_SYSTEM, question.strip(), max_tokens).strip() or None
     else:
-        result.answer = str(toolbox.call(chosen, arguments))
-        result.observations.append(result.answer)
+        observation = str(toolbox.call(chosen, arguments))  # a bad call comes back as an "error:" observation
+        result.observations.append(observation)
+        user = f"Question: {question.strip()}\nTool result ({chosen}): {observation}"
+        result.answer = _ask(llm, result, FROM_RESULT_SYSTEM, user, max_tokens).strip() or None
     result.stopped = "answer"  # a router always ends after its one route, answer or not
-    return result
+    return _spent(llm, result, before)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -166,6 +187,7 @@ def state_machine(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *
     refused (noted) and the state is kept."""
     check_episode(llm, question, toolbox, max_steps)
     result = AgencyResult("state_machine", question, path=[START])
+    before = _usage(llm)
     state, history = START, []
     for _ in range(max_steps):  # the only loop: max_steps model calls at most, whatever the model writes
         allowed = TRANSITIONS[state]
@@ -200,7 +222,7 @@ def state_machine(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *
         result.path.append(state)
         if state == DONE:
             break
-    return result
+    return _spent(llm, result, before)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -212,7 +234,8 @@ def autonomous(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, **re
     check_episode(llm, question, toolbox, max_steps)
     traj = run_react(llm, question, toolbox, max_steps, **react_settings)
     result = AgencyResult("autonomous", question, model_calls=traj.model_calls, answer=traj.answer,
-                          stopped=traj.stopped)
+                          stopped=traj.stopped, prompt_tokens=traj.prompt_tokens,
+                          completion_tokens=traj.completion_tokens)
     for turn in traj.turns:
         step = turn.step
         result.path.append(step.action if step.kind == "action" else step.kind)
@@ -221,3 +244,87 @@ def autonomous(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, **re
         if turn.observation is not None and not step.malformed:
             result.observations.append(turn.observation)
     return result
+
+
+# ------------------------------------------------------------------------------------------------------------
+# measured: the three levels on the chapter's task set (saved run "13-agency")
+
+LEVELS: tuple[Level, ...] = ("router", "state_machine", "autonomous")
+TOOLS = ("calculator", "search_docs")  # what the task set needs (run_python is left out: no task needs it)
+SETTINGS = {"max_steps": 4, "max_tokens": 64}
+OBSERVATION_CHARS = 300  # observations are kept this long in the record (search_docs returns ~1,800 characters)
+
+
+def run_level(llm: LLM, level: str, question: str, toolbox: Tools, settings: dict = SETTINGS) -> AgencyResult:
+    """One question at one level with the run's settings (the router takes no step limit: it has none)."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if level == "router":
+        return route(llm, question, toolbox, max_tokens=settings["max_tokens"])
+    run = state_machine if level == "state_machine" else autonomous
+    return run(llm, question, toolbox, settings["max_steps"], max_tokens=settings["max_tokens"])
+
+
+def agency_row(llm: LLM, task, level: str, toolbox: Tools, settings: dict = SETTINGS) -> dict:
+    """One task at one level as a plain dict: the saved run's row (scored with `tasks.is_correct`)."""
+    from labkit.agents.tasks import is_correct
+
+    r = run_level(llm, level, task.question, toolbox, settings)
+    return {"id": task.id, "kind": task.kind, "level": level, "answer": r.answer,
+            "correct": is_correct(task, r.answer), "model_calls": r.model_calls, "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens, "stopped": r.stopped, "path": r.path, "notes": r.notes,
+            "observations": [o[:OBSERVATION_CHARS] for o in r.observations]}
+
+
+def agency_run(llm: LLM | None = None, tasks: list | None = None, *, settings: dict = SETTINGS,
+               progress: bool = True) -> dict:
+    """Saved run `13-agency`: every task of `labkit.agents.tasks` at each of the three levels, greedy, with the
+    calculator and search_docs. `summarize_agency(record)` makes the chapter's table."""
+    from labkit.agents.tasks import load_tasks
+    from labkit.agents.tools import default_toolbox
+    from labkit.llm import connect
+
+    llm = llm if llm is not None else connect()
+    tasks = list(tasks) if tasks is not None else load_tasks()
+    box = default_toolbox(allow=TOOLS)
+    jobs = [(t, level) for t in tasks for level in LEVELS]
+    if progress:
+        from tqdm.auto import tqdm
+        jobs = tqdm(jobs, desc="episodes")
+    rows = [agency_row(llm, t, level, box, settings) for t, level in jobs]
+    return {"model": llm.name, "settings": dict(settings), "tools": list(TOOLS), "tasks": [t.id for t in tasks],
+            "rows": rows}
+
+
+def summarize_agency(record: dict) -> dict:
+    """Per level and per kind (and "all"): tasks, successes, answered, model calls, tokens; and per level what
+    the model did with its share of the control flow — the router's routes and fallbacks, the state machine's
+    refused transitions and paths that reached "done", the loop's malformed steps and tool calls."""
+    rows = record["rows"]
+    if not rows:
+        raise ValueError("the record has no rows")
+    kinds = sorted({r["kind"] for r in rows}, key=lambda k: (k not in ("arithmetic", "lookup", "multihop"), k))
+    out: dict = {"levels": {}, "behaviour": {}}
+    for level in LEVELS:
+        mine = [r for r in rows if r["level"] == level]
+        out["levels"][level] = {}
+        for kind in (*kinds, "all"):
+            r = [x for x in mine if kind == "all" or x["kind"] == kind]
+            out["levels"][level][kind] = {"n": len(r), "correct": sum(x["correct"] for x in r),
+                                          "answered": sum(x["answer"] is not None for x in r),
+                                          "model_calls": sum(x["model_calls"] for x in r),
+                                          "prompt_tokens": sum(x["prompt_tokens"] or 0 for x in r),
+                                          "completion_tokens": sum(x["completion_tokens"] for x in r)}
+        notes = [n for x in mine for n in x["notes"]]
+        steps: dict[str, int] = {}
+        for x in mine:
+            for p in (x["path"] if level != "state_machine" else x["path"][1:]):
+                steps[p] = steps.get(p, 0) + 1
+        out["behaviour"][level] = {
+            "steps": dict(sorted(steps.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "fallbacks": sum(n.startswith("fallback") for n in notes),
+            "refused": sum(n.startswith("refused") for n in notes),
+            "malformed": sum(n.startswith("malformed") for n in notes),
+            "tool_errors": sum(o.startswith("error:") for x in mine for o in x["observations"]),
+            "reached_answer": sum(x["stopped"] == "answer" for x in mine)}
+    return out
