@@ -2,6 +2,7 @@
 calls good and bad, a malformed JSON-RPC line, the allow-list, and no process left after the client closes."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -141,6 +142,22 @@ def test_no_server_process_is_left_after_close():
     with pytest.raises(RuntimeError, match="closed"):
         box.call("calculator", {"expression": "1+1"})
     box.close()  # twice is fine
+
+
+def test_works_where_stderr_has_no_file_descriptor(monkeypatch):
+    """In a Jupyter kernel sys.stderr is a stream object without fileno(), and the SDK's stdio_client, by
+    default, hands sys.stderr (as bound at import) to the server process: that failed with
+    io.UnsupportedOperation. MCPToolBox gives the server a file of its own."""
+    import mcp.client.stdio
+
+    monkeypatch.setattr(mcp.client.stdio.stdio_client.__wrapped__, "__defaults__", (io.StringIO(),))
+    with MCPToolBox([sys.executable, "-m", "labkit.agents.mcp_server", "--tools", "calculator"]) as box:
+        assert box.call("calculator", {"expression": "12 + 7"}) == "19"
+
+
+def test_a_server_that_fails_to_start_says_what_it_printed():
+    with pytest.raises(RuntimeError, match=r"did not start: .*its stderr ended with: .*unknown tools \['shell'\]"):
+        MCPToolBox([sys.executable, "-m", "labkit.agents.mcp_server", "--tools", "shell"])
 
 
 def test_public_edges():

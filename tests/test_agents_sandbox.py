@@ -294,8 +294,9 @@ SMOLAGENTS = {  # attack -> (what LocalPythonExecutor did, a regex of its messag
     "fork bomb": ("refused", r"InterpreterError: Import of os is not allowed"),
     "memory hog": ("refused", r"InterpreterError: Forbidden function evaluation: 'bytearray'"),
     "socket to 127.0.0.1": ("refused", r"InterpreterError: Import of socket is not allowed"),
-    # stopped in-process, by whichever comes first on this machine's speed: its 2 s timeout (the loop then goes on
-    # in an abandoned thread until the process ends) or its cap of 1,000,000 loop iterations
+    # stopped in-process by its cap of 1,000,000 while-iterations; its 2 s timeout runs the program in a worker
+    # thread and, when time is up, still waits for that thread (a Python thread cannot be killed), so the
+    # ExecutionTimeoutError comes only once the cap ends the loop — or the cap's own message on a fast machine
     "infinite loop": ("refused", r"ExecutionTimeoutError: Code execution exceeded the maximum execution time|"
                                  r"InterpreterError: Maximum number of 1000000 iterations in While loop exceeded"),
 }

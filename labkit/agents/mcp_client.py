@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 import threading
 from concurrent.futures import Future
 from typing import Any, Coroutine, Mapping, Sequence
@@ -46,6 +47,10 @@ class MCPToolBox:
         # it offline and frugal, as the course runs everything
         env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ON)}
         self._params = StdioServerParameters(command=command[0], args=command[1:], env=env)
+        # the server's stderr goes to a file of our own: the SDK hands the process a file descriptor, and in a
+        # Jupyter kernel sys.stderr has none (it raised io.UnsupportedOperation: fileno); the file also lets a
+        # failed start say what the server printed
+        self._errlog = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
         self._loop = asyncio.new_event_loop()
         self._ready: Future = Future()
         self._stop: asyncio.Event | None = None
@@ -59,13 +64,24 @@ class MCPToolBox:
             while isinstance(e, BaseExceptionGroup) and e.exceptions:  # anyio wraps errors in task groups
                 e = e.exceptions[0]
             self._thread.join(1)
-            raise RuntimeError(f"the MCP server {' '.join(command)!r} did not start: {type(e).__name__}: {e}") \
-                from e
+            said = self._stderr_tail()
+            self._errlog.close()
+            raise RuntimeError(f"the MCP server {' '.join(command)!r} did not start: {type(e).__name__}: {e}"
+                               + (f"; its stderr ended with: {said}" if said else "")) from e
+
+    def _stderr_tail(self, chars: int = 500) -> str:
+        try:
+            self._errlog.flush()
+            self._errlog.seek(0)
+            return " ".join(self._errlog.read()[-chars:].split())
+        except (OSError, ValueError):
+            return ""
 
     async def _hold(self) -> None:
         """The one task that owns the connection: open it, list the tools, wait for close()."""
         try:
-            async with stdio_client(self._params) as (read, write), ClientSession(read, write) as session:
+            async with stdio_client(self._params, errlog=self._errlog) as (read, write), \
+                    ClientSession(read, write) as session:
                 await session.initialize()
                 tools = (await session.list_tools()).tools
                 self._session, self._stop = session, asyncio.Event()
@@ -123,6 +139,7 @@ class MCPToolBox:
             self._thread.join(self.timeout)
             self._session = None
             self._loop.close()
+            self._errlog.close()
 
     def __enter__(self) -> "MCPToolBox":
         return self
