@@ -268,6 +268,11 @@ def test_parser_finds_the_call(text):
     ('{"name": "add", "arguments": "a=2"}', '"arguments" is a string but not JSON'),
     ('{"arguments": {"a": 1}}', "no tool call found"),
     ("{" * (MAX_CALL_CHARS + 1), "a tool call is at most"),
+    # thousands of levels: json's decoder recurses per level and raised RecursionError out of the parser
+    ('{"name": "add", "arguments": ' + "[" * 5000, "malformed JSON in the tool call: nested too deeply, from "
+                                                      "character 0"),
+    ('```json\n' + '{"a": ' * 3000 + '```', "malformed JSON in the tool call: nested too deeply"),
+    ('{"name": "add", "arguments": "' + "[" * 5000 + '"}', '"arguments" is a string but not JSON: nested too deeply'),
 ])
 def test_parser_refuses_with_a_reason(text, match):
     with pytest.raises(ToolCallError, match=match):

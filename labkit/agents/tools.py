@@ -315,6 +315,9 @@ def _objects(text: str) -> Iterable[tuple[dict | None, str | None]]:
         except json.JSONDecodeError as e:
             yield None, f"{e.msg} at character {e.pos}"
             continue
+        except RecursionError:  # "[[[[..." a few thousand deep: the decoder recurses once per level
+            yield None, f"nested too deeply, from character {m.start()}"
+            continue
         if isinstance(obj, dict):
             yield obj, None
 
@@ -346,6 +349,8 @@ def parse_tool_call(text: str) -> ToolCall:
                     arguments = json.loads(arguments)
                 except json.JSONDecodeError as e:
                     raise ToolCallError(f'"arguments" is a string but not JSON: {e.msg} at character {e.pos}')
+                except RecursionError:
+                    raise ToolCallError('"arguments" is a string but not JSON: nested too deeply') from None
             if not isinstance(arguments, dict):
                 raise ToolCallError(f'"arguments" must be a JSON object, got {_shown(arguments)}')
             return ToolCall(name, arguments)
