@@ -359,3 +359,15 @@ def _agent_memory() -> tuple[dict, dict[str, torch.Tensor]]:
 RUNS["13-memory"] = _agent_memory
 # greedy SmolLM2 answers and paging-tool episodes; the notebook re-runs a few scenarios live and asserts the record
 MEASURES["13-memory"] = ("labkit/agents/memory.py",)
+
+
+def _step_tags() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.agents.step_tags import step_tags_run
+
+    return step_tags_run(), {}
+
+
+RUNS["13-step-tags"] = _step_tags
+# greedy SmolLM2 chains (plain, tagged, tagged with the gold facts given) on the arithmetic and multihop tasks;
+# the notebook re-scores recorded chains live (log-probabilities) and re-generates one, asserting the record
+MEASURES["13-step-tags"] = ("labkit/agents/step_tags.py", "data/agent-tasks/tasks.jsonl")
