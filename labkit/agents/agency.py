@@ -110,7 +110,13 @@ ROUTER_SYSTEM = """Choose how to handle the question. Routes:
 {routes}
 - answer: answer directly, without a tool.
 Reply with exactly one line "Route: <route name>". For a tool route, add one line
-"Input: <the tool's arguments as one JSON object>"."""
+"Input: <the tool's arguments as one JSON object>".
+
+Example:
+Question: What is 23 * 4 + 5?
+Route: calculator
+Input: {{"expression": "23 * 4 + 5"}}"""
+# The example's numbers are react.SYSTEM's (not a task's, and not chapter 4's 12 + 7): no answer is in the prompt.
 
 DIRECT_SYSTEM = "Answer the question briefly. Reply with the answer only."
 FROM_RESULT_SYSTEM = "Answer the question briefly from the tool result below. Reply with the answer only."
@@ -170,12 +176,20 @@ MACHINE_SYSTEM = """You solve the question in states. Tools:
 {tools}
 You are in state "{state}". {task}
 End your reply with one line "Next: <state>", where <state> is one of: {allowed}.
-To finish, write "Next: done" and a line "Answer: <the answer>"."""
+To finish, write "Next: done" and a line "Answer: <the answer>".
+
+Example reply: {example}"""
 
 TASKS = {
     "plan": "Write a short plan.",
     "act": 'Write one tool call as a JSON object {{"name": <tool>, "arguments": {{...}}}}.',
     "check": "Read the tool results so far and decide: act again, or finish with the answer.",
+}
+# One example reply per state, for the question "What is 23 * 4 + 5?" (react.SYSTEM's example, in no task)
+EXAMPLES = {
+    "plan": "I will compute 23 * 4 + 5 with the calculator.\nNext: act",
+    "act": '{"name": "calculator", "arguments": {"expression": "23 * 4 + 5"}}',
+    "check": "The calculator says 97.\nNext: done\nAnswer: 97",
 }
 
 
@@ -192,7 +206,8 @@ def state_machine(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *
     for _ in range(max_steps):  # the only loop: max_steps model calls at most, whatever the model writes
         allowed = TRANSITIONS[state]
         system = MACHINE_SYSTEM.format(tools=describe_tools(toolbox), state=state,
-                                       task=TASKS[state].format(), allowed=", ".join(allowed))
+                                       task=TASKS[state].format(), allowed=", ".join(allowed),
+                                       example=EXAMPLES[state])
         user = "\n".join([f"Question: {question.strip()}", *history])
         reply = _ask(llm, result, system, user, max_tokens)
         labels = _labels(reply)
@@ -251,7 +266,7 @@ def autonomous(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, **re
 
 LEVELS: tuple[Level, ...] = ("router", "state_machine", "autonomous")
 TOOLS = ("calculator", "search_docs")  # what the task set needs (run_python is left out: no task needs it)
-SETTINGS = {"max_steps": 4, "max_tokens": 64}
+SETTINGS = {"max_steps": 4, "max_tokens": 48}  # a step is one short line or two; 48 tokens keeps 90 episodes short
 OBSERVATION_CHARS = 300  # observations are kept this long in the record (search_docs returns ~1,800 characters)
 
 
