@@ -338,6 +338,19 @@ RUNS["12-embed-finetune"] = _embed_finetune
 MEASURES["12-embed-finetune"] = ("labkit/rag/embed_finetune.py", "data/rag-questions/questions.jsonl")
 
 
+def _tool_selection() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.agents.selection import run
+
+    return run()
+
+
+RUNS["13-tool-selection"] = _tool_selection
+# greedy replies of SmolLM2 (prompted, constrained by chapter 10's automaton) and of chapter 9's tuned model; the
+# notebook re-runs a few cases of each way live and asserts they equal the record
+MEASURES["13-tool-selection"] = ("labkit/agents/selection.py", "data/tool-calls/heldout.jsonl",
+                                 "results/09-sft-tools.safetensors")
+
+
 def _injection() -> tuple[dict, dict[str, torch.Tensor]]:
     from labkit.agents.injection import injection_run
 
