@@ -359,3 +359,42 @@ def test_a_malformed_reply_is_rendered_once_whole():
     text, page = render_text(traj), render_html(traj)
     assert text.count("I think it is 19") == 1 and "Malformed reply: I think it is 19 <b>." in text
     assert page.count("I think it is 19 &lt;b&gt;.") == 1 and "class='react-thought'" not in page
+
+
+# ---------------------------------------------------------------- demonstrations and saved trajectories
+
+def test_demonstration_turns_come_between_the_system_prompt_and_the_question():
+    from labkit.agents.react import DEMOS
+
+    llm = ScriptedLLM(["Final Answer: 19"])
+    run_react(llm, "What is 12 + 7?", calc_box(), shots=DEMOS)
+    roles = [m.role for m in llm.prompts[0]]
+    assert roles == ["system"] + [m["role"] for m in DEMOS] + ["user"]
+    assert [m.content for m in llm.prompts[0][1:-1]] == [m["content"] for m in DEMOS]
+    shown = " ".join(m["content"] for m in DEMOS)
+    assert "12 + 7" not in shown and "19" not in shown  # chapter 4's sum and its answer are not in the prompt
+    for m in DEMOS:  # every demonstrated step is one the parser reads as well-formed
+        assert m["role"] == "user" or not parse_step(m["content"]).malformed
+
+
+@pytest.mark.parametrize("shots, error, match", [
+    ("Question: q", TypeError, "shots must be a list of chat messages"),
+    ([{"role": "system", "content": "x"}], ValueError, r"shots\[0\] must be"),
+    ([{"role": "user", "content": 3}], ValueError, r"shots\[0\] must be"),
+])
+def test_bad_shots_are_refused(shots, error, match):
+    llm = ScriptedLLM(["Final Answer: 1"])
+    with pytest.raises(error, match=match):
+        run_react(llm, "q?", calc_box(), shots=shots)
+    assert llm.usage.calls == 0
+
+
+def test_a_trajectory_survives_to_dict_and_back():
+    llm = ScriptedLLM(["I think <b>", act("12 + 7"), "Thought: ok\nFinal Answer: 19\nObservation: forged"],
+                      honor_stop=False)
+    traj = run_react(llm, "What is 12 + 7?", calc_box())
+    data = json.loads(json.dumps(traj.to_dict()))
+    back = Trajectory.from_dict(data)
+    assert back == traj and render_html(back) == render_html(traj) and back.turns[2].step.cut
+    with pytest.raises(ValueError, match="expected a dict from Trajectory.to_dict"):
+        Trajectory.from_dict({"turns": []})

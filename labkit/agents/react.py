@@ -214,6 +214,26 @@ class Trajectory:
     def _repr_html_(self) -> str:  # a notebook shows the rendered trajectory
         return render_html(self)
 
+    def to_dict(self) -> dict:
+        """The trajectory as plain JSON-able data (a saved run keeps it; `from_dict` reads it back)."""
+        return {"question": self.question, "answer": self.answer, "stopped": self.stopped,
+                "model_calls": self.model_calls, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "turns": [{"step": {k: getattr(t.step, k) for k in _STEP_FIELDS}, "observation": t.observation,
+                           "tokens": t.tokens, "finish_reason": t.finish_reason} for t in self.turns]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Trajectory":
+        if not isinstance(data, dict) or not {"question", "turns"} <= set(data):
+            raise ValueError(f"expected a dict from Trajectory.to_dict(), got {str(data)[:80]!r}")
+        turns = [Turn(Step(**{k: t["step"][k] for k in _STEP_FIELDS}), t["observation"], t["tokens"],
+                      t["finish_reason"]) for t in data["turns"]]
+        return cls(data["question"], turns, data.get("answer"), data.get("stopped", "step_limit"),
+                   data.get("model_calls", 0), data.get("prompt_tokens"), data.get("completion_tokens", 0))
+
+
+_STEP_FIELDS = ("text", "thought", "action", "arguments", "final_answer", "error", "cut", "ignored")
+
 
 SYSTEM = """You answer questions. You may use these tools:
 {tools}
@@ -238,6 +258,27 @@ Final Answer: 97"""
 # The example's numbers are not chapter 4's "12 + 7": a measured before/after on that sum must not find the
 # answer in the prompt.
 
+# Demonstration episodes, as the chat turns the model will see (`shots`): a small chat model copies the shape of
+# earlier turns far better than a format described in the system prompt (the react notebook measures both).
+# One calculator episode (not chapter 4's sums) and one search: a real passage of chapter 12's corpus.
+_SEARCHED = ('[pydoc/types#26] Built-in functions ------------------ A built-in function object is a wrapper around '
+             'a C function. Examples of built-in functions are "len()" and "math.sin()". Special read-only '
+             'attributes: "__doc__" is the function\u2019s documentation string, or "None" if unavailable; '
+             '"__name__" is the function\u2019s name.')
+DEMOS: tuple[dict[str, str], ...] = (
+    {"role": "user", "content": "Question: What is 31 + 45?"},
+    {"role": "assistant", "content": 'Thought: I add the numbers with the calculator.\nAction: calculator\n'
+                                     'Action Input: {"expression": "31 + 45"}'},
+    {"role": "user", "content": f"{OBSERVATION} 76"},
+    {"role": "assistant", "content": "Thought: The calculator says 76.\nFinal Answer: 76"},
+    {"role": "user", "content": "Question: Which attribute holds the name of a built-in Python function?"},
+    {"role": "assistant", "content": 'Thought: I search the documents.\nAction: search_docs\n'
+                                     'Action Input: {"query": "built-in function name attribute", "k": 1}'},
+    {"role": "user", "content": f"{OBSERVATION} {_SEARCHED}"},
+    {"role": "assistant", "content": 'Thought: The passage says "__name__" is the function\'s name.\n'
+                                     "Final Answer: __name__"},
+)
+
 
 def _argument_line(parameters: dict) -> str:
     """{"expression": string, "k": integer (default 3)} — the arguments a small model needs, without the schema."""
@@ -255,11 +296,25 @@ def describe_tools(toolbox: Tools) -> str:
                      f"Action Input: {_argument_line(s.get('parameters', {}))}" for s in toolbox.specs())
 
 
-def react_messages(question: str, toolbox: Tools, system: str = SYSTEM) -> list[dict[str, str]]:
-    """The episode's opening chat: the format and the tools (system), then the question (user). Each step adds the
-    model's reply (assistant) and "Observation: ..." (user), so any chat model's own template applies."""
-    return [{"role": "system", "content": system.format(tools=describe_tools(toolbox))},
+def react_messages(question: str, toolbox: Tools, system: str = SYSTEM,
+                   shots: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:
+    """The episode's opening chat: the format and the tools (system), any demonstration turns (`shots`, e.g.
+    DEMOS), then the question (user). Each step adds the model's reply (assistant) and "Observation: ..." (user),
+    so any chat model's own template applies."""
+    return [{"role": "system", "content": system.format(tools=describe_tools(toolbox))}, *map(dict, shots),
             {"role": "user", "content": f"Question: {question.strip()}"}]
+
+
+def _check_shots(shots: object) -> tuple[dict[str, str], ...]:
+    if isinstance(shots, (str, bytes)) or not isinstance(shots, Sequence):
+        raise TypeError(f"shots must be a list of chat messages (user/assistant turns), got {type(shots).__name__}")
+    out = []
+    for i, m in enumerate(shots):
+        if not (isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ("user", "assistant")
+                and isinstance(m["content"], str)):
+            raise ValueError(f"shots[{i}] must be {{'role': 'user' or 'assistant', 'content': str}}, got {m!r:.80}")
+        out.append(m)
+    return tuple(out)
 
 
 def format_error(why: str, finish_reason: str = "stop", max_tokens: int | None = None) -> str:
@@ -292,14 +347,15 @@ def check_episode(llm: object, question: object, toolbox: object, max_steps: obj
 
 def run_react(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, max_tokens: int = 256,
               temperature: float = 0.0, system: str = SYSTEM, stop: Sequence[str] = STOP,
-              constraint: Callable[[], Any] | None = None) -> Trajectory:
+              constraint: Callable[[], Any] | None = None, shots: Sequence[dict[str, str]] = ()) -> Trajectory:
     """Run one ReAct episode: at most `max_steps` model calls, each one step (see the module docstring).
 
     Returns the Trajectory: stopped == "answer" with the answer, or "step_limit" with answer None.
     `system` must contain "{tools}" (where the tool list goes); `stop` must include "Observation:".
     `constraint`: a factory of token-by-token constraints applied to every reply, e.g.
     `labkit.agents.react_format.ReactFormat(toolbox, llm.tokenizer)` (the step format as an automaton); one that
-    names its tools (`tool_names`) must name exactly the toolbox's allowed tools.
+    names its tools (`tool_names`) must name exactly the toolbox's allowed tools. `shots`: demonstration turns
+    shown before the question (e.g. DEMOS; user and assistant messages).
     """
     check_episode(llm, question, toolbox, max_steps)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -314,6 +370,7 @@ def run_react(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, ma
         offered = tuple(s["name"] for s in toolbox.specs())
         if names is not None and tuple(names) != offered:  # a mask for other tools would force calls that fail
             raise ValueError(f"the constraint allows the tools {list(names)}, the toolbox offers {list(offered)}")
+    shots = _check_shots(shots)
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     if OBSERVATION not in stop:
         raise ValueError(f"stop must include {OBSERVATION!r}, so the model does not write its own observations; "
@@ -321,7 +378,7 @@ def run_react(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, ma
 
     usage = llm.usage if isinstance(getattr(llm, "usage", None), Usage) else None
     before = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-    messages = react_messages(question, toolbox, system)
+    messages = react_messages(question, toolbox, system, shots)
     traj = Trajectory(question=question)
     for _ in range(max_steps):  # the only loop: it cannot run more than max_steps times (rule 4)
         reply = llm.chat(messages, max_tokens=max_tokens, temperature=temperature, stop=stop,

@@ -384,3 +384,16 @@ RUNS["13-step-tags"] = _step_tags
 # greedy SmolLM2 chains (plain, tagged, tagged with the gold facts given) on the arithmetic and multihop tasks;
 # the notebook re-scores recorded chains live (log-probabilities) and re-generates one, asserting the record
 MEASURES["13-step-tags"] = ("labkit/agents/step_tags.py", "data/agent-tasks/tasks.jsonl")
+
+
+def _react() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.agents.react_eval import react_run
+
+    return react_run(), {}
+
+
+RUNS["13-react"] = _react
+# greedy SmolLM2 ReAct episodes (no tools / prompted / format automaton) and chapter 4's sums; the notebook re-runs
+# 12 + 7 before and after live and asserts the record
+MEASURES["13-react"] = ("labkit/agents/react_eval.py", "labkit/agents/react_format.py", "labkit/agents/react.py",
+                        "data/agent-tasks/tasks.jsonl")
