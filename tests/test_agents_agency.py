@@ -158,3 +158,23 @@ def test_rows_score_with_the_task_rule_and_the_summary_counts_them():
     assert s["behaviour"]["state_machine"]["steps"] == {"act": 1, "check": 1, "done": 1}
     with pytest.raises(ValueError, match="level must be one of"):
         agency_row(ScriptedLLM(["x"]), task, "swarm", box())
+
+
+def test_demonstrations_are_shown_as_chat_turns_before_the_question():
+    from labkit.agents.agency import MACHINE_DEMOS, ROUTER_DEMOS
+
+    llm = ScriptedLLM(['Route: calculator\nInput: {"expression": "12 + 7"}', "19"])
+    route(llm, "What is 12 + 7?", box(), shots=ROUTER_DEMOS)
+    assert [m.role for m in llm.prompts[0]] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert llm.prompts[0][2].content == ROUTER_DEMOS[1]["content"] and len(llm.prompts[1]) == 2  # not when answering
+    llm = ScriptedLLM(["Plan.\nNext: act", CALL, "Next: done\nAnswer: 19"])
+    r = state_machine(llm, "What is 12 + 7?", box(), shots=MACHINE_DEMOS)
+    assert r.answer == "19"
+    for prompt, state in zip(llm.prompts, ("plan", "act", "check")):
+        assert prompt[1].content == MACHINE_DEMOS[state][0]["content"] and prompt[-1].content.startswith("Question:")
+    with pytest.raises(ValueError, match="shots must map states"):
+        state_machine(llm, "q", box(), shots={"think": ()})
+    with pytest.raises(ValueError, match=r"shots\[0\] must be"):
+        route(llm, "q", box(), shots=[{"role": "system", "content": "x"}])
+    with pytest.raises(TypeError, match="shots must be a list"):
+        route(llm, "q", box(), shots="Route: answer")

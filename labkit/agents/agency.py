@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Mapping, Sequence
 
 from labkit.agents.react import Tools, check_episode, describe_tools, run_react
 from labkit.agents.tools import parse_tool_call
@@ -96,8 +96,20 @@ def _spent(llm: LLM, result: AgencyResult, before: tuple[int, int] | None) -> Ag
     return result
 
 
-def _ask(llm: LLM, result: AgencyResult, system: str, user: str, max_tokens: int) -> str:
-    reply = llm.chat([{"role": "system", "content": system}, {"role": "user", "content": user}],
+def _check_shots(shots: object) -> tuple[dict[str, str], ...]:
+    """Demonstration turns: user and assistant chat messages only (a system message there would be a second one)."""
+    if isinstance(shots, (str, bytes)) or not isinstance(shots, Sequence):
+        raise TypeError(f"shots must be a list of chat messages (user/assistant turns), got {type(shots).__name__}")
+    for i, m in enumerate(shots):
+        if not (isinstance(m, Mapping) and set(m) == {"role", "content"} and m["role"] in ("user", "assistant")
+                and isinstance(m["content"], str)):
+            raise ValueError(f"shots[{i}] must be {{'role': 'user' or 'assistant', 'content': str}}, got {m!r:.80}")
+    return tuple(shots)
+
+
+def _ask(llm: LLM, result: AgencyResult, system: str, user: str, max_tokens: int,
+         shots: Sequence[dict[str, str]] = ()) -> str:
+    reply = llm.chat([{"role": "system", "content": system}, *shots, {"role": "user", "content": user}],
                      max_tokens=max_tokens, temperature=0.0)[0]
     result.model_calls += 1
     return reply.text if len(reply.text) <= MAX_REPLY_CHARS else ""
@@ -110,13 +122,7 @@ ROUTER_SYSTEM = """Choose how to handle the question. Routes:
 {routes}
 - answer: answer directly, without a tool.
 Reply with exactly one line "Route: <route name>". For a tool route, add one line
-"Input: <the tool's arguments as one JSON object>".
-
-Example:
-Question: What is 23 * 4 + 5?
-Route: calculator
-Input: {{"expression": "23 * 4 + 5"}}"""
-# The example's numbers are react.SYSTEM's (not a task's, and not chapter 4's 12 + 7): no answer is in the prompt.
+"Input: <the tool's arguments as one JSON object>"."""
 
 DIRECT_SYSTEM = "Answer the question briefly. Reply with the answer only."
 FROM_RESULT_SYSTEM = "Answer the question briefly from the tool result below. Reply with the answer only."
@@ -144,17 +150,19 @@ def parse_route(text: str, routes: list[str]) -> tuple[str, dict | None, str | N
     return name, arguments, None
 
 
-def route(llm: LLM, question: str, toolbox: Tools, *, max_tokens: int = 128) -> AgencyResult:
+def route(llm: LLM, question: str, toolbox: Tools, *, max_tokens: int = 128,
+          shots: Sequence[dict[str, str]] = ()) -> AgencyResult:
     """Level 1: one model call picks a route; the code runs it once. A tool route calls the tool, then asks the
     model once more for the answer, given the question and the tool's result; the "answer" route (also the
-    fallback) asks the model once more for the answer alone. Two model calls, always."""
+    fallback) asks the model once more for the answer alone. Two model calls, always. `shots`: demonstration
+    turns shown before the question when the route is chosen (e.g. ROUTER_DEMOS)."""
     check_episode(llm, question, toolbox)
     result = AgencyResult("router", question)
     before = _usage(llm)
     routes = [s["name"] for s in toolbox.specs()] + [ANSWER_ROUTE]
     system = ROUTER_SYSTEM.format(routes=describe_tools(toolbox))
-    chosen, arguments, why = parse_route(_ask(llm, result, system, f"Question: {question.strip()}", max_tokens),
-                                         routes)
+    chosen, arguments, why = parse_route(_ask(llm, result, system, f"Question: {question.strip()}", max_tokens,
+                                              _check_shots(shots)), routes)
     if why is not None:
         result.notes.append(f"fallback to {DEFAULT_ROUTE!r}: {why}")
     result.path.append(chosen)
@@ -176,40 +184,53 @@ MACHINE_SYSTEM = """You solve the question in states. Tools:
 {tools}
 You are in state "{state}". {task}
 End your reply with one line "Next: <state>", where <state> is one of: {allowed}.
-To finish, write "Next: done" and a line "Answer: <the answer>".
-
-Example reply: {example}"""
+To finish, write "Next: done" and a line "Answer: <the answer>"."""
 
 TASKS = {
     "plan": "Write a short plan.",
     "act": 'Write one tool call as a JSON object {{"name": <tool>, "arguments": {{...}}}}.',
     "check": "Read the tool results so far and decide: act again, or finish with the answer.",
 }
-# One example reply per state, for the question "What is 23 * 4 + 5?" (react.SYSTEM's example, in no task)
-EXAMPLES = {
-    "plan": "I will compute 23 * 4 + 5 with the calculator.\nNext: act",
-    "act": '{"name": "calculator", "arguments": {"expression": "23 * 4 + 5"}}',
-    "check": "The calculator says 97.\nNext: done\nAnswer: 97",
+
+# Demonstrations, shown as earlier chat turns (`shots`): a small chat model copies the shape of earlier turns far
+# better than a format described in the system prompt (react.DEMOS, for the loop, says the same). The questions
+# are react.DEMOS's, in no task and not chapter 4's 12 + 7, so no task's answer is in a prompt.
+_SUM, _PLAN = "Question: What is 31 + 45?", "Plan: I will add the numbers with the calculator.\nNext: act"
+ROUTER_DEMOS: tuple[dict[str, str], ...] = (
+    {"role": "user", "content": _SUM},
+    {"role": "assistant", "content": 'Route: calculator\nInput: {"expression": "31 + 45"}'},
+    {"role": "user", "content": "Question: Which attribute holds the name of a built-in Python function?"},
+    {"role": "assistant", "content": 'Route: search_docs\nInput: {"query": "built-in function name attribute"}'},
+)
+MACHINE_DEMOS: dict[str, tuple[dict[str, str], ...]] = {  # one demonstration per state, in that state's prompt
+    "plan": ({"role": "user", "content": _SUM},
+             {"role": "assistant", "content": "I will add the numbers with the calculator.\nNext: act"}),
+    "act": ({"role": "user", "content": f"{_SUM}\n{_PLAN}"},
+            {"role": "assistant", "content": '{"name": "calculator", "arguments": {"expression": "31 + 45"}}'}),
+    "check": ({"role": "user", "content": f"{_SUM}\n{_PLAN}\nObservation: 76"},
+              {"role": "assistant", "content": "The calculator says 76.\nNext: done\nAnswer: 76"}),
 }
 
 
-def state_machine(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *,
-                  max_tokens: int = 256) -> AgencyResult:
+def state_machine(llm: LLM, question: str, toolbox: Tools, max_steps: int = 6, *, max_tokens: int = 256,
+                  shots: Mapping[str, Sequence[dict[str, str]]] | None = None) -> AgencyResult:
     """Level 2: at most `max_steps` model calls, one per state visited. In "act" the reply's JSON tool call is
     parsed (`parse_tool_call`) and made (`toolbox.call`), junk becoming an "error:" observation, and the code
     moves on to "check"; in "plan" and "check" the model's "Next:" must be an allowed transition, or it is
-    refused (noted) and the state is kept."""
+    refused (noted) and the state is kept. `shots`: demonstration turns per state (e.g. MACHINE_DEMOS)."""
     check_episode(llm, question, toolbox, max_steps)
+    if shots is not None and (not isinstance(shots, Mapping) or set(shots) - set(TRANSITIONS)):
+        raise ValueError(f"shots must map states ({', '.join(TRANSITIONS)}) to demonstration turns, got {shots!r:.80}")
+    shots = {state: _check_shots(turns) for state, turns in (shots or {}).items()}
     result = AgencyResult("state_machine", question, path=[START])
     before = _usage(llm)
     state, history = START, []
     for _ in range(max_steps):  # the only loop: max_steps model calls at most, whatever the model writes
         allowed = TRANSITIONS[state]
         system = MACHINE_SYSTEM.format(tools=describe_tools(toolbox), state=state,
-                                       task=TASKS[state].format(), allowed=", ".join(allowed),
-                                       example=EXAMPLES[state])
+                                       task=TASKS[state].format(), allowed=", ".join(allowed))
         user = "\n".join([f"Question: {question.strip()}", *history])
-        reply = _ask(llm, result, system, user, max_tokens)
+        reply = _ask(llm, result, system, user, max_tokens, shots.get(state, ()))
         labels = _labels(reply)
         if state == "act":
             try:  # parse_tool_call raises ValueError on a reply with no tool call; that is an observation
@@ -270,14 +291,22 @@ SETTINGS = {"max_steps": 4, "max_tokens": 48}  # a step is one short line or two
 OBSERVATION_CHARS = 300  # observations are kept this long in the record (search_docs returns ~1,800 characters)
 
 
+TASKS_PER_KIND = 5  # the first 5 tasks of each kind: 45 episodes fit the run's time (13-react runs all 30 tasks)
+
+
 def run_level(llm: LLM, level: str, question: str, toolbox: Tools, settings: dict = SETTINGS) -> AgencyResult:
-    """One question at one level with the run's settings (the router takes no step limit: it has none)."""
+    """One question at one level with the run's settings, each level with its demonstrations (ROUTER_DEMOS,
+    MACHINE_DEMOS, react.DEMOS); the router takes no step limit: it has none."""
+    from labkit.agents.react import DEMOS
+
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     if level == "router":
-        return route(llm, question, toolbox, max_tokens=settings["max_tokens"])
-    run = state_machine if level == "state_machine" else autonomous
-    return run(llm, question, toolbox, settings["max_steps"], max_tokens=settings["max_tokens"])
+        return route(llm, question, toolbox, max_tokens=settings["max_tokens"], shots=ROUTER_DEMOS)
+    if level == "state_machine":
+        return state_machine(llm, question, toolbox, settings["max_steps"], max_tokens=settings["max_tokens"],
+                             shots=MACHINE_DEMOS)
+    return autonomous(llm, question, toolbox, settings["max_steps"], max_tokens=settings["max_tokens"], shots=DEMOS)
 
 
 def agency_row(llm: LLM, task, level: str, toolbox: Tools, settings: dict = SETTINGS) -> dict:
@@ -293,14 +322,14 @@ def agency_row(llm: LLM, task, level: str, toolbox: Tools, settings: dict = SETT
 
 def agency_run(llm: LLM | None = None, tasks: list | None = None, *, settings: dict = SETTINGS,
                progress: bool = True) -> dict:
-    """Saved run `13-agency`: every task of `labkit.agents.tasks` at each of the three levels, greedy, with the
-    calculator and search_docs. `summarize_agency(record)` makes the chapter's table."""
-    from labkit.agents.tasks import load_tasks
+    """Saved run `13-agency`: tasks of `labkit.agents.tasks` (default: the first TASKS_PER_KIND of each kind) at
+    each of the three levels, greedy, with the calculator and search_docs and each level's demonstrations. `summarize_agency(record)` makes the chapter's table."""
+    from labkit.agents.tasks import KINDS, load_tasks
     from labkit.agents.tools import default_toolbox
     from labkit.llm import connect
 
     llm = llm if llm is not None else connect()
-    tasks = list(tasks) if tasks is not None else load_tasks()
+    tasks = list(tasks) if tasks is not None else [t for kind in KINDS for t in load_tasks(kind)[:TASKS_PER_KIND]]
     box = default_toolbox(allow=TOOLS)
     jobs = [(t, level) for t in tasks for level in LEVELS]
     if progress:
