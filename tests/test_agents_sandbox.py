@@ -198,6 +198,28 @@ def test_attack_is_stopped_and_the_sandbox_still_runs_afterwards(name, code, lis
     _normal_program_still_runs()
 
 
+FORGE = "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, {text!r})\n    except OSError:\n        pass\n"
+
+
+@pytest.mark.parametrize("text, then, reason", [
+    (b"memory\n", "print('done')", None),  # a clean exit is never reported as stopped
+    (b"forbidden: nothing\n", "", None),
+    (b"memory\n", "import os\nos.system('echo pwned')", "forbidden: os.system (b'echo pwned',)"),  # the hook's line is last
+    (b"x" * 10_000 + b"\n", "import os\nos.system('echo pwned')", "forbidden: os.system"),  # more than the 4096 kept
+    (b"cpu\n", "raise KeyError(1)", "error: KeyError"),
+    (b"forbidden: fake\n", "import sys\nsys.exit(1)", "exit: 1"),  # a line that does not go with the exit code
+])
+def test_the_program_cannot_forge_the_reason(text, then, reason):
+    """The status pipe is inherited by the program (it can find it by trying descriptors): once the reason was its
+    first line, so a program could report a clean run as 'memory' or hide the hook's refusal behind its own line."""
+    result = run_python(FORGE.format(text=text) + then, SMALL)
+    if reason is None:
+        assert result.stopped_by is None and result.exit_code == 0, result
+    else:
+        assert result.stopped_by is not None and result.stopped_by.startswith(reason), result
+    assert "pwned" not in result.stdout.split()
+
+
 def test_catching_the_refusal_does_not_help():
     code = "import os\ntry:\n    os.system('echo pwned')\nexcept BaseException:\n    pass\nprint('continued')"
     result = run_python(code, SMALL)

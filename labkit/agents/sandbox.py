@@ -32,7 +32,11 @@ this module lets the program run and puts walls around the *process*, in layers,
 The result says which wall stopped a program: `timeout`, `cpu`, `memory`, `file_size`, `processes`,
 `open_files`, `forbidden: <event> ...`, `error: <exception>` (the program raised), `exit: <code>`,
 `signal: <name>`, or None when it ran to the end; with stdout and stderr (each cut to a bound) and the time from
-start to the process reaped — the time to stop.
+start to the process reaped — the time to stop. The hook and the bootstrap write their reason on a status pipe
+just before the process exits (111 after a refusal, 1 after an exception). The program can find that pipe too,
+so the parent reads only the *last* line and believes it only with the exit code that goes with it: a program
+cannot make a clean exit look stopped, nor write over the reason for a refusal; it can only mislabel a failure
+it causes itself.
 
 **What an audit hook cannot do.** PEP 578 (Python runtime audit hooks) is explicit that hooks give visibility
 and are *not* a sandbox. The hook runs inside the process it watches, so a program that corrupts the
@@ -325,17 +329,27 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+_LIMIT_ERRORS = ("memory", "file_size", "open_files", "processes")  # what the bootstrap reports with exit code 1
+
+
 def _reason(timed_out: bool, status: bytes, exit_code: int, cpu: float, limits: Limits) -> str | None:
     if timed_out:
         return "timeout"
-    line = status.decode("utf-8", "replace").split("\n", 1)[0].strip()
-    if line:
+    if exit_code == 0:
+        return None  # it ended by itself; any status line was the program's own writing
+    # the last line: the hook and the bootstrap write theirs just before the process exits, after anything the
+    # program wrote there; and only with the exit code that goes with it
+    lines = [ln.strip() for ln in status.decode("utf-8", "replace").splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    if exit_code == 111 and line.startswith("forbidden: "):
+        return line
+    if exit_code == 1 and (line in _LIMIT_ERRORS or line.startswith("error: ")):
         return line
     if exit_code == -signal.SIGXCPU or (exit_code == -signal.SIGKILL and cpu >= limits.cpu_seconds):
         return "cpu"  # SIGXCPU at the soft limit; SIGKILL at the hard one if the program ignored SIGXCPU
     if exit_code < 0:
         return f"signal: {signal.Signals(-exit_code).name}"
-    return None if exit_code == 0 else f"exit: {exit_code}"
+    return f"exit: {exit_code}"
 
 
 def run_python(code: str, limits: Limits | None = None, *, allow: Iterable[str] = ()) -> Result:
@@ -386,8 +400,11 @@ def _supervise(proc: subprocess.Popen, status_r: int, limits: Limits, start: flo
                 if not chunk:
                     sel.unregister(key.fd)
                     continue
+                if key.fd == status_r:  # the last line counts (see _reason): keep the tail, not the head
+                    keep[key.fd] = (keep[key.fd] + chunk)[-bounds[key.fd]:]
+                    continue
                 room = bounds[key.fd] - len(keep[key.fd])
-                truncated |= len(chunk) > room and key.fd != status_r
+                truncated |= len(chunk) > room
                 keep[key.fd] += chunk[:max(room, 0)]  # keep draining past the bound, so the child never blocks
             if reaped is None:
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
