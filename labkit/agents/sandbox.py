@@ -42,7 +42,9 @@ it causes itself.
 and are *not* a sandbox. The hook runs inside the process it watches, so a program that corrupts the
 interpreter's memory (a crafted `marshal` payload, a bug in a C extension) or reaches the hook's data could
 switch it off — which is why the hook never runs any of the program's code, and no name or frame points to it;
-events CPython does not audit are invisible to it. This module makes those harder (the hook keeps its state in a
+events CPython does not audit are invisible to it (`os.mkfifo` and `os.mknod` create a file anywhere with
+no event: the child replaces both with a refusal, but a fresh copy of the `posix` module, made with
+`importlib.util.module_from_spec`, has them back). This module makes those harder (the hook keeps its state in a
 closure no name points to, uses only C functions bound before the program starts, and refuses `gc` walks,
 `code.__new__`, `sys.settrace`), but the backstop is the OS: the limits above hold whatever happens inside the
 process, the timeout and the group kill hold whatever the process does. What the OS layers here do *not* give:
@@ -84,6 +86,7 @@ FORBIDDEN_PREFIXES = ("socket.", "ctypes.")  # every socket operation (even crea
 # without an audit event; subprocess and multiprocessing import it; ctypes calls any C function).
 FORBIDDEN_MODULES = frozenset({"ctypes", "_ctypes", "cffi", "_posixsubprocess", "subprocess", "multiprocessing",
                                "_multiprocessing", "_xxsubinterpreters"})
+UNAUDITED_CALLS = ("mkfifo", "mknod")  # os functions that create a file with no audit event: replaced in the child
 # Events that change the file system: allowed only when every path they name is inside the working folder.
 # (CPython turns a path-like into a str before raising these, so the hook sees the path the OS will see; shutil
 # works through them too.)
@@ -264,7 +267,17 @@ def _sandbox():
         if ceiling != resource.RLIM_INFINITY:
             soft, hard = min(soft, ceiling), min(hard, ceiling)
         resource.setrlimit(which, (soft, hard))
-    # 2. the audit hook
+    # 2. the audit hook; and the two calls that create a file with no audit event (a FIFO, or with mknod an empty
+    # file or a device node, anywhere): taken out of os, since the hook would never see them
+    import posix
+
+    def unaudited(*args, **kwargs):
+        raise PermissionError("not allowed in the sandbox: CPython raises no audit event for this call")
+
+    for name in cfg["unaudited"]:
+        for module in (os, posix):
+            if hasattr(module, name):
+                setattr(module, name, unaudited)
     sys.addaudithook(_make_hook(cfg))
     write, exit_now, out, err = os.write, os._exit, sys.stdout, sys.stderr
     # 3. the program, as __main__; an uncaught exception is reported with the limit it means
@@ -365,7 +378,8 @@ def run_python(code: str, limits: Limits | None = None, *, allow: Iterable[str] 
         "code": code, "root": root, "status_fd": status_w,
         "limits": {f.name: getattr(limits, f.name) for f in fields(limits)},
         "forbidden": sorted(FORBIDDEN_EVENTS - allow), "prefixes": list(FORBIDDEN_PREFIXES),
-        "modules": sorted(FORBIDDEN_MODULES), "path_events": sorted(PATH_EVENTS)})
+        "modules": sorted(FORBIDDEN_MODULES), "path_events": sorted(PATH_EVENTS),
+        "unaudited": list(UNAUDITED_CALLS)})
     env = {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LC_ALL": "C.UTF-8"}
     start, proc = time.monotonic(), None
     try:
