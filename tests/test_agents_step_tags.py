@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from labkit.agents import step_tags as S
 from labkit.agents.tasks import load_tasks
+from labkit.llm.base import Completion, cut_at_stop
 from scripted_llm import ScriptedLLM
 
 TASKS = {t.id: t for t in load_tasks()}
@@ -153,7 +154,6 @@ class TextLLM(ScriptedLLM):
         self.prompts.append(prompt)
         self.stops.append(stop)
         text = self.replies[(len(self.prompts) - 1) % len(self.replies)]
-        from labkit.llm.base import Completion, cut_at_stop
         text, _ = cut_at_stop(text, stop)
         return [Completion(text, len(text.split()), self.finish_reason)]
 
