@@ -397,3 +397,15 @@ RUNS["13-react"] = _react
 # 12 + 7 before and after live and asserts the record
 MEASURES["13-react"] = ("labkit/agents/react_eval.py", "labkit/agents/react_format.py", "labkit/agents/react.py",
                         "data/agent-tasks/tasks.jsonl")
+
+
+def _reflection() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.agents.reflection import reflection_run
+
+    return reflection_run(), {}
+
+
+RUNS["13-reflection"] = _reflection
+# greedy SmolLM2 code, reflections and tests, judged in the sandbox; the notebook re-judges every recorded program
+# and re-generates a first attempt and a set of model-written tests live, asserting the record
+MEASURES["13-reflection"] = ("labkit/agents/reflection.py", "data/code-tasks/tasks.jsonl")
