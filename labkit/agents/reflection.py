@@ -18,8 +18,8 @@ Which tests? The course's tasks (`data/code-tasks/`) each carry *visible* tests,
 feedback, and *hidden* tests, never shown, that decide whether a task is solved. Reflexion's own programming
 agent had no given tests: the model wrote its tests too (`write_tests`), and a wrong test misleads the loop. A
 program that passes the model's tests but fails the hidden ones is a **false positive** of those tests: the loop
-stops, satisfied, with wrong code. Shinn et al. report a false-positive rate of 16.3% on MBPP (Python), and give
-it as the reason Reflexion helped less there; `test_quality` measures the same thing here.
+stops, satisfied, with wrong code. Shinn et al. report a false-positive rate of 16.3% on MBPP (Python), and point
+to it to explain why Reflexion helped less there; `confusion` counts the same table (TP, FN, FP, TN) here.
 
 Model code never runs in this process. `run_tests` builds one program — a harness, the code and the tests as
 string literals — and runs it with `labkit.agents.sandbox.run_python` (separate process, OS limits, audit hook).
@@ -34,6 +34,9 @@ then every test counts as failed.
     run_tests(task.solution, task.hidden_tests).passed        True
     run_tests(task.wrong_solution, task.hidden_tests).passed  False
     episode = solve(task, llm, feedback="visible", reflect=True, max_attempts=3)
+
+The experiment (`reflection_run`, saved as `13-reflection`) runs the first attempt and three loops on every task
+and `summarize` counts its tables; both go through `labkit.llm` only, so any backend runs them.
 """
 from __future__ import annotations
 
