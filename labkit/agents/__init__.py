@@ -21,10 +21,12 @@
   through chapter 10's token masks so a small model can only write well-formed steps.
 - memory: a token-budget window (oldest non-system turns evicted first, never the system prompt or the newest
   turn) and MemGPT-style paging (Packer et al. 2023): core-memory blocks, a FIFO queue whose evicted messages go
-  to a BM25 archival store, and archival_insert/archival_search as tools.
+  to a BM25 archival store, and archival_insert/archival_search as tools; the model's tokenizer as the counter,
+  and the study of SmolLM2 recalling a paged-out fact (saved run 13-memory).
 - agency: the levels of agency, by who decides the control flow — a router (the model picks one route, the code
   runs it; a malformed choice falls back to a stated default), a state machine (edges in code, the model picks
-  among the allowed ones, an illegal one is refused) and the autonomous ReAct loop — with one result type.
+  among the allowed ones, an illegal one is refused) and the autonomous ReAct loop — with one result type, and
+  the three measured on the task set (saved run 13-agency).
 - defences: against prompt injection, as wrappers run_react takes unchanged — ToolBox's allow-list, tool results
   tagged as untrusted data with their source (a document cannot close the tag or forge a step), and an approval
   gate that runs a side-effecting tool only when `approve(name, arguments)` says True (default: deny).
