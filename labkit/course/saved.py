@@ -409,3 +409,15 @@ RUNS["13-reflection"] = _reflection
 # greedy SmolLM2 code, reflections and tests, judged in the sandbox; the notebook re-judges every recorded program
 # and re-generates a first attempt and a set of model-written tests live, asserting the record
 MEASURES["13-reflection"] = ("labkit/agents/reflection.py", "data/code-tasks/tasks.jsonl")
+
+
+def _agency() -> tuple[dict, dict[str, torch.Tensor]]:
+    from labkit.agents.agency import agency_run
+
+    return agency_run(), {}
+
+
+RUNS["13-agency"] = _agency
+# greedy SmolLM2 at the three levels of agency on the task set; the notebook re-runs a few episodes live and
+# asserts the record
+MEASURES["13-agency"] = ("labkit/agents/agency.py", "labkit/agents/tasks.py", "data/agent-tasks/tasks.jsonl")
