@@ -23,10 +23,12 @@ Chapter 12 retrieval-augmented generation  rag/ (documents, chunking, bm25, dens
                                            store: SQLite, hnsw, advanced: multi-query and reranking, long_docs,
                                            embed_finetune, generate: grounded answers with citations, lost_middle,
                                            compress, memory), checks.rag
-Chapter 13 tools and agents (in progress)  agents/ (calculator: exact and bounded, never eval; sandbox: a limited
+Chapter 13 tools and agents                agents/ (calculator: exact and bounded, never eval; sandbox: a limited
                                            child process with an audit hook; tools: schemas from typed functions;
-                                           mcp_server, mcp_client; react: the ReAct loop; memory: windows, paging;
-                                           agency: router, state machine, loop; defences: tags, approval gate)
+                                           mcp_server, mcp_client; selection: BFCL categories; tasks; react,
+                                           react_format: the ReAct loop and its automaton; react_eval; step_tags;
+                                           agency: router, state machine, loop; memory: windows, paging;
+                                           reflection; defences: tags, approval gate; injection), checks.agents
 Shared     the real models, offline        models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
            small helpers                   scoring (log P of text), timing (best-of and median wall clock), viz (HTML bars)
            the course pipeline             course.manifest (book.yml), course.labs, course.execute, course.book,
