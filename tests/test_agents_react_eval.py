@@ -6,8 +6,11 @@ import json
 
 import pytest
 
-from labkit.agents.react_eval import (CONDITIONS, chapter4_pairs, episode, summarize, task_toolbox,
+from labkit.agents.calculator import calculator
+from labkit.agents.react import DEMOS
+from labkit.agents.react_eval import (CONDITIONS, chapter4_pairs, demos_for, episode, summarize, task_toolbox,
                                       trajectory)
+from labkit.agents.tools import ToolBox
 from labkit.agents.tasks import load_tasks
 from scripted_llm import ScriptedLLM
 
@@ -58,3 +61,12 @@ def test_a_saved_trajectory_is_found_or_a_clear_error():
     assert trajectory(record, task.id, "react").answer == "1434"
     with pytest.raises(KeyError, match="no ReAct episode for task 'lookup-01'"):
         trajectory(record, "lookup-01", "react")
+
+
+def test_demonstrations_show_only_offered_tools():
+    assert demos_for(task_toolbox()) == DEMOS  # calculator and search_docs: both episodes
+    calc = demos_for(ToolBox([calculator]))
+    assert calc == DEMOS[:4] and "search_docs" not in " ".join(m["content"] for m in calc)
+    llm = ScriptedLLM(["Final Answer: 1434"])
+    episode(llm, load_tasks("arithmetic")[0], "react", task_toolbox())
+    assert len(llm.prompts[0]) == 2 + len(DEMOS)  # system, the demonstrations, the question

@@ -5,8 +5,8 @@ The same model, greedy, on every task of `labkit.agents.tasks` (arithmetic word 
 
 - `direct`: the question alone, the model's reply taken as the answer (no tools, no format);
 - `react`: the ReAct loop (`react.run_react`) with the calculator and `search_docs`, the format shown in the
-  system prompt and by two demonstration episodes (`react.DEMOS`); a malformed reply is an observation and
-  costs a step;
+  system prompt and by demonstration episodes (`react.DEMOS`, those whose tools are offered); a malformed reply
+  is an observation and costs a step;
 - `react+format`: the same loop with every reply masked by the step automaton (`react_format.ReactFormat`), so
   each reply is one well-formed step naming an offered tool with valid arguments, or an answer.
 
@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from labkit.agents.calculator import calculator
-from labkit.agents.react import DEMOS, Trajectory, run_react
+from labkit.agents.react import DEMOS, Trajectory, parse_step, run_react
 from labkit.agents.react_format import ReactFormat
 from labkit.agents.tasks import KINDS, Task, is_correct, load_tasks
 from labkit.agents.tools import ToolBox, default_toolbox
@@ -43,6 +43,19 @@ SETTINGS = {"max_steps": 3, "max_tokens": 64, "direct_tokens": 64, "max_string":
 def task_toolbox() -> ToolBox:
     """The tools the task set needs: the calculator and chapter 12's search (not run_python)."""
     return default_toolbox(allow=TOOLS)
+
+
+def demos_for(box: ToolBox) -> tuple[dict[str, str], ...]:
+    """The demonstration episodes of `react.DEMOS` whose actions use only tools the box offers: an example with a
+    tool the model cannot call invites calls that fail (measured: with the search demonstration beside the
+    calculator-only box, SmolLM2 wrote "{12} + 7" for chapter 4's sum)."""
+    offered, episodes = {s["name"] for s in box.specs()}, []
+    for m in DEMOS:
+        if m["role"] == "user" and m["content"].startswith("Question:"):
+            episodes.append([])
+        episodes[-1].append(m)
+    used = [{parse_step(m["content"]).action for m in ep if m["role"] == "assistant"} - {None} for ep in episodes]
+    return tuple(m for ep, tools in zip(episodes, used) if tools <= offered for m in ep)
 
 
 def _usage(llm: LLM) -> tuple[int, int]:
@@ -69,7 +82,7 @@ def episode(llm: LLM, task: Task, condition: str, box: ToolBox, fmt: ReactFormat
         if condition == "react+format" and fmt is None:
             raise ValueError("the react+format condition needs fmt, a ReactFormat for the toolbox")
         traj = run_react(llm, task.question, box, settings["max_steps"], max_tokens=settings["max_tokens"],
-                         constraint=fmt if condition == "react+format" else None, shots=DEMOS)
+                         constraint=fmt if condition == "react+format" else None, shots=demos_for(box))
         row = {"answer": traj.answer, "model_calls": traj.model_calls, "prompt_tokens": traj.prompt_tokens,
                "completion_tokens": traj.completion_tokens, "stopped": traj.stopped,
                "malformed": sum(t.step.malformed for t in traj.turns),
@@ -115,7 +128,7 @@ def prefilled_prompt(llm: LLM, a: int, b: int) -> str:
 def chapter4_sums(llm: LLM | None = None, *, settings: dict = SETTINGS, progress: bool = False) -> dict:
     """Before: greedy completion of chapter 4's prefilled prompt (4 tokens, the first number read, as chapter 4
     read it). After, for each sum the model got wrong: "What is a + b?" as a ReAct episode with only the
-    calculator, prompted (with DEMOS) and with the format automaton. And "What is 12 + 7?" once more with the system prompt's example alone (no DEMOS)."""
+    calculator, prompted (with the calculator's demonstration) and with the format automaton. And "What is 12 + 7?" once more with the system prompt's example alone (no DEMOS)."""
     from labkit.llm import connect
 
     llm = llm if llm is not None else connect()
@@ -139,7 +152,7 @@ def chapter4_sums(llm: LLM | None = None, *, settings: dict = SETTINGS, progress
             continue
         for cond, constraint in (("react", None), ("react+format", fmt)):
             traj = run_react(llm, f"What is {a} + {b}?", box, steps, max_tokens=tokens, constraint=constraint,
-                             shots=DEMOS)
+                             shots=demos_for(box))
             said = re.findall(r"\d+", traj.answer or "")
             row[cond] = {"answer": traj.answer, "ok": bool(said) and int(said[-1]) == a + b,
                          "model_calls": traj.model_calls, "tools": [c.name for c in traj.tool_calls],
