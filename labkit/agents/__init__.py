@@ -19,6 +19,8 @@
 - react_format: the ReAct step format as a byte automaton (a one-line thought, then an offered tool name and JSON
   arguments valid for it through chapter 10's schema automaton, or a final answer; no forged "Observation:"), run
   through chapter 10's token masks so a small model can only write well-formed steps.
+- react_eval: the 13-react study — the task set with no tools, ReAct (demonstration turns) and ReAct + the format
+  mask (success, calls, tokens, malformed replies per kind), and chapter 4's failed sums handed to the calculator.
 - memory: a token-budget window (oldest non-system turns evicted first, never the system prompt or the newest
   turn) and MemGPT-style paging (Packer et al. 2023): core-memory blocks, a FIFO queue whose evicted messages go
   to a BM25 archival store, and archival_insert/archival_search as tools; the model's tokenizer as the counter,
