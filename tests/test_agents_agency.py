@@ -50,6 +50,7 @@ def test_router_answer_route_asks_the_model_once_more():
     ("Route: calculator\nInput: 12 + 7", "JSON object"),             # arguments not JSON
     ("Route: calculator\nInput: [1, 2]", "JSON object"),
     ("Route: calculator", "JSON object"),                            # a tool route without its input
+    ("Route: calculator\nInput: " + "[" * 10_000, "JSON object"),   # nested past json's recursion limit
 ])
 def test_router_falls_back_to_the_default_route_and_says_why(reply, why):
     r = route(ScriptedLLM([reply, "fallback answer"]), "What is 12 + 7?", box())

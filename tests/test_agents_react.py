@@ -398,3 +398,8 @@ def test_a_trajectory_survives_to_dict_and_back():
     assert back == traj and render_html(back) == render_html(traj) and back.turns[2].step.cut
     with pytest.raises(ValueError, match="expected a dict from Trajectory.to_dict"):
         Trajectory.from_dict({"turns": []})
+
+
+def test_action_input_nested_thousands_deep_is_an_observation_not_a_crash():
+    step = parse_step("Thought: t\nAction: calculator\nAction Input: " + "[" * 10_000)
+    assert step.malformed and "nested too deeply" in step.error

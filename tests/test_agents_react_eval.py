@@ -70,3 +70,15 @@ def test_demonstrations_show_only_offered_tools():
     llm = ScriptedLLM(["Final Answer: 1434"])
     episode(llm, load_tasks("arithmetic")[0], "react", task_toolbox())
     assert len(llm.prompts[0]) == 2 + len(DEMOS)  # system, the demonstrations, the question
+
+
+def test_a_backend_that_cannot_mask_runs_the_study_without_the_format_condition():
+    from labkit.agents.react_eval import react_run
+
+    llm = ScriptedLLM(["Thought: I know it\nFinal Answer: 1434"])
+    llm.supports_constraints = False  # as an HTTP server: it never shows the logits
+    record = react_run(llm, load_tasks("arithmetic")[:2], progress=False)
+    assert record["conditions"] == ["direct", "react"] and record["chapter4"] is None
+    assert [(r["id"], r["condition"]) for r in record["rows"]] == [
+        ("arithmetic-01", "direct"), ("arithmetic-01", "react"), ("arithmetic-02", "direct"), ("arithmetic-02", "react")]
+    assert record["summary"]["react"]["all"]["correct"] == 1 and record["summary"]["react+format"]["all"]["n"] == 0

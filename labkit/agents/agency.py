@@ -143,7 +143,7 @@ def parse_route(text: str, routes: list[str]) -> tuple[str, dict | None, str | N
         return name, None, None
     try:
         arguments = json.loads(labels.get("input", ""))  # json, never eval: the reply is untrusted
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: JSON nested thousands deep
         return DEFAULT_ROUTE, None, f'route {name!r} needs an "Input:" line with a JSON object'
     if not isinstance(arguments, dict):
         return DEFAULT_ROUTE, None, f'route {name!r}: "Input:" must be a JSON object'

@@ -116,6 +116,8 @@ def _decode_input(text: str) -> tuple[dict | None, str, str | None]:
         value, end = json.JSONDecoder().raw_decode(body)
     except json.JSONDecodeError as e:
         return None, "", f'"Action Input" is not valid JSON ({e.msg} at character {e.pos})'
+    except RecursionError:  # json's decoder recurses once per nesting level: "[[[[..." thousands deep
+        return None, "", '"Action Input" is nested too deeply; write one flat JSON object of arguments'
     if not isinstance(value, dict):
         shown = json.dumps(value)[:40]
         return None, "", f'"Action Input" must be a JSON object of arguments, e.g. {_EXAMPLE}; got {shown}'

@@ -165,20 +165,26 @@ def chapter4_sums(llm: LLM | None = None, *, settings: dict = SETTINGS, progress
 
 def react_run(llm: LLM | None = None, tasks: Sequence[Task] | None = None, *, settings: dict = SETTINGS,
               progress: bool = True) -> dict:
-    """Saved run `13-react`: every task in the three conditions, and chapter 4's sums before and after."""
+    """Saved run `13-react`: every task in the three conditions, and chapter 4's sums before and after.
+
+    With a backend that cannot mask logits (an HTTP server), the react+format condition is left out, and so are
+    chapter 4's sums (their "before" needs the local chat template): the record says which ran."""
     from labkit.llm import connect
 
     llm = llm if llm is not None else connect()
     tasks = list(tasks) if tasks is not None else load_tasks()
     box = task_toolbox()
-    fmt = make_format(llm, box, settings)
-    jobs = [(t, c) for t in tasks for c in CONDITIONS]
+    local = llm.supports_constraints and hasattr(llm, "tokenizer")
+    fmt = make_format(llm, box, settings) if local else None
+    conditions = CONDITIONS if local else tuple(c for c in CONDITIONS if c != "react+format")
+    jobs = [(t, c) for t in tasks for c in conditions]
     if progress:
         from tqdm.auto import tqdm
         jobs = tqdm(jobs, desc="episodes")
     rows = [episode(llm, t, c, box, fmt, settings) for t, c in jobs]
     return {"model": llm.name, "settings": dict(settings), "tools": list(TOOLS), "tasks": [t.id for t in tasks],
-            "rows": rows, "summary": summarize(rows), "chapter4": chapter4_sums(llm, settings=settings, progress=progress)}
+            "conditions": list(conditions), "rows": rows, "summary": summarize(rows),
+            "chapter4": chapter4_sums(llm, settings=settings, progress=progress) if hasattr(llm, "format") else None}
 
 
 def trajectory(record: dict, task_id: str, condition: str) -> Trajectory:
