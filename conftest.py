@@ -18,6 +18,30 @@ import sitecustomize  # noqa: E402,F401  (the guard, for this process; children 
 
 import pytest  # noqa: E402
 
+try:
+    import nbval.kernel as _nbval_kernel
+except ImportError:  # nbval is a test dependency; without it there are no notebook items to start kernels for
+    _nbval_kernel = None
+
+if _nbval_kernel is not None:
+    # A kernel can lose a port race at start: jupyter_client picks free TCP ports, then the kernel binds them, and
+    # with two xdist workers starting kernels (and notebooks that open sockets) another process can take one in
+    # between. The kernel then dies before its first reply ("Kernel died before replying to kernel_info"; zmq's
+    # "Address already in use": a known race, e.g. treebeardtech/nbmake#129) and every cell of that notebook
+    # errors. Seen once in CI (2026-12-05, on an unchanged chapter-10 notebook). Start it again, up to 3 times;
+    # a kernel that cannot start for a real reason still fails, on the third try.
+    _start_new_kernel = _nbval_kernel.start_new_kernel
+
+    def _start_new_kernel_with_retries(*args, **kwargs):
+        for attempt in range(3):
+            try:
+                return _start_new_kernel(*args, **kwargs)
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+
+    _nbval_kernel.start_new_kernel = _start_new_kernel_with_retries
+
 
 # Each notebook's execution time under nbval: setup (kernel start), every cell, teardown, summed per file.
 # Under xdist the controller receives every worker's reports, so it alone sees the whole picture.
