@@ -233,6 +233,28 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with cfg's learning rate and weight decay, betas (0.9, 0.95). Only the matrices decay: norms' gains
+    and embeddings keep their scale. Every training loop in the course built on TinyGPT starts from this one."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                             fused=True)  # one kernel for all parameters: a third faster for a model this small
+
+
+def update(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, step: int, cfg: TrainConfig) -> None:
+    """One optimiser step on `loss`: the schedule's learning rate for `step` (lr_at), gradients, clipping to
+    cfg.grad_clip, AdamW. train_gpt and chapter 9's loops (distillation, MoE, sparse training) differ only in
+    the loss they hand to it."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+
+
 def train_gpt(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConfig(),
               log_every: int = 0, log: Callable[[str], None] = print,
               stop_after: int | None = None) -> dict[str, list[float]]:
@@ -251,12 +273,7 @@ def train_gpt(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConfig(
     if ids.numel() < t + 2:
         raise ValueError(f"need more than context + 1 = {t + 1} training tokens, got {ids.numel()}")
     generator = torch.Generator().manual_seed(cfg.seed)
-    # decay the matrices only: norms' gains and embeddings keep their scale
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=True)  # one kernel for all parameters: a third faster for a model this small
+    opt = make_optimizer(model, cfg)
     offsets = torch.arange(t + 1)
     history: dict[str, list[float]] = {"step": [], "loss": []}
     model.train()
@@ -265,12 +282,7 @@ def train_gpt(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConfig(
         batch = ids[starts[:, None] + offsets]  # [B, T+1]
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        update(model, opt, loss, step, cfg)
         history["step"].append(step)
         history["loss"].append(loss.item())
         if log_every and (step + 1) % log_every == 0:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..transformer import GPTConfig, TinyGPT, TrainConfig, lr_at
+from ..transformer import GPTConfig, TinyGPT, TrainConfig, make_optimizer, update
 
 
 def _check_temperature(temperature: float) -> float:
@@ -222,10 +222,7 @@ def train_student(model: TinyGPT, windows: Tensor, cfg: TrainConfig, alpha: floa
     if stop_after is not None and not (isinstance(stop_after, int) and 1 <= stop_after <= cfg.steps):
         raise ValueError(f"stop_after must be an int in 1..{cfg.steps} (cfg.steps), got {stop_after!r}")
     generator = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+    opt = make_optimizer(model, cfg)
     history: dict[str, list[float]] = {"loss": [], "eval_step": [], "eval_loss": []}
     steps = range(cfg.steps if stop_after is None else stop_after)
     if progress:
@@ -241,12 +238,7 @@ def train_student(model: TinyGPT, windows: Tensor, cfg: TrainConfig, alpha: floa
             loss = loss + (1 - alpha) * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         if alpha > 0:
             loss = loss + alpha * topk_distill_loss(logits, topk[0][rows], topk[1][rows], t)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        update(model, opt, loss, step, cfg)
         history["loss"].append(loss.item())
         if eval_windows is not None and eval_every and (step + 1) % eval_every == 0:
             model.eval()

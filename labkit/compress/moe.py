@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..transformer import GPTConfig, SwiGLU, TinyGPT, TrainConfig, _as_ids, lr_at, token_log_probs
+from ..transformer import GPTConfig, SwiGLU, TinyGPT, TrainConfig, _as_ids, make_optimizer, token_log_probs, update
 
 
 def _check_int(value: object, name: str, low: int = 1) -> int:
@@ -201,10 +201,7 @@ def train_moe(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConfig(
         raise ValueError(f"need more than context + 1 = {t + 1} training tokens, got {ids.numel()}")
     moe = isinstance(model, MoEGPT)
     generator = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+    opt = make_optimizer(model, cfg)
     offsets = torch.arange(t + 1)
     history: dict[str, list] = {"loss": [], "aux": [], "counts": []}
     counts = 0
@@ -220,12 +217,7 @@ def train_moe(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConfig(
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         aux = model.aux_loss() if moe else torch.zeros(())
         loss = ce + aux_weight * aux if aux_weight else ce
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        update(model, opt, loss, step, cfg)
         history["loss"].append(ce.item())
         history["aux"].append(aux.item())
         if moe:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..transformer import SwiGLU, TinyGPT, TrainConfig, lr_at
+from ..transformer import SwiGLU, TinyGPT, TrainConfig, make_optimizer, update
 
 MODES = ("dense", "topk", "channels")
 
@@ -155,10 +155,7 @@ def train_sparse(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConf
     ids = torch.from_numpy(arr.astype(np.int64))
     sparse = [m for m in model.modules() if isinstance(m, SparseSwiGLU)]
     generator = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+    opt = make_optimizer(model, cfg)
     offsets = torch.arange(t + 1)
     history: dict[str, list[float]] = {"step": [], "loss": [], "seconds": [], "keep": []}
     steps = range(cfg.steps if stop_after is None else stop_after)
@@ -175,12 +172,7 @@ def train_sparse(model: TinyGPT, train_ids: object, cfg: TrainConfig = TrainConf
         batch = ids[torch.randint(0, ids.numel() - t - 1, (cfg.batch_size,), generator=generator)[:, None] + offsets]
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        update(model, opt, loss, step, cfg)
         history["seconds"].append(time.perf_counter() - start)
         history["step"].append(step)
         history["loss"].append(loss.item())
