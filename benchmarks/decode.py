@@ -38,7 +38,8 @@ at the start is recorded. It reports, never asserts: speed depends on the machin
    the fp32 text), and the perplexity change on held-out windows (labkit.gqa.heldout_windows/window_losses,
    the same windows for both; int8 = the fp32 model with the dequantized weights, which the int8 step
    reproduces to float32 summation error; goal <= +2%). And what torch offers for the same product on the CPU,
-   `torch._weight_int8pack_mm`, timed against labkit's kernel on the LM head (49152 x 576).
+   `torch._weight_int8pack_mm`, timed against labkit's kernel on the LM head (49152 x 576). Last, each kernel's
+   compute ceiling: its weights/s on a matrix that stays in cache (the roofline's other roof).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 
@@ -358,7 +360,38 @@ def int8_rows(model: Llama, tokenizer, ids: torch.Tensor, step8: Int8DecodeStep,
                         change=int8_ppl / fp32_ppl - 1),
         torch_weight_int8pack_mm=dict(matrix=list(codes.shape), torch_s=torch_s, labkit_s=ours_s,
                                       max_abs_diff=op_diff),
-        profile=profile_step(model, ids, context, step=step8), goals=INT8_GOALS)
+        profile=profile_step(model, ids, context, step=step8), in_cache=in_cache_rates(model, step8),
+        goals=INT8_GOALS)
+
+
+@numba.njit(cache=False)
+def _repeat_matvec(w, x, out, n):  # n calls of chapter 5's fp32 kernel, from compiled code (no call overhead)
+    for _ in range(n):
+        kvcache._matvec_kernel(w, x, out)
+
+
+@numba.njit(cache=False)
+def _repeat_matvec_int8(codes, scale, x, out, n):  # the same for chapter 9's int8 kernel
+    for _ in range(n):
+        int8_decode._matvec_int8_kernel(codes, scale, x, out)
+
+
+def in_cache_rates(model: Llama, step8: Int8DecodeStep, repeats: int = 2000) -> dict:
+    """Weights per second of each kernel on one matrix that stays in the core's cache (the first block's
+    k_proj, 192 x 576: 442 KB in fp32, 111 KB in int8), called `repeats` times in a row: its speed with memory
+    taken away, i.e. the kernel's own compute ceiling. The roofline model takes the lower of this and the
+    bandwidth ceiling; a kernel close to both at once reaches neither."""
+    w = model.layers[0].self_attn.k_proj.weight.detach().numpy()
+    q = step8.blocks[0].k
+    x = np.random.default_rng(0).standard_normal((1, w.shape[1])).astype(np.float32)
+    out = np.empty((1, w.shape[0]), np.float32)
+    rates = {}
+    for name, run in (("fp32", lambda n: _repeat_matvec(w, x, out, n)),
+                      ("int8", lambda n: _repeat_matvec_int8(q.codes, q.scale, x, out, n))):
+        run(2)  # compile
+        rates[name] = w.size / median_of(lambda: run(repeats), 5) * repeats
+    return dict(matrix=list(w.shape), repeats=repeats, fp32_weights_per_s=rates["fp32"],
+                int8_weights_per_s=rates["int8"])
 
 
 def profile_rows(p: dict) -> list[tuple[str, float, str]]:
@@ -441,6 +474,11 @@ def report_int8(q: dict, fp32: dict) -> None:
           f"equal the step's to {p['replay_max_abs_diff']:.1e}): step {1e3 * p['step_s']:.1f} ms")
     for name, s, note in profile_rows(p):
         print(f"    {name:48} {1e3 * s:6.2f} ms {100 * s / p['step_s']:5.1f}%  {note}")
+    c, ro = q["in_cache"], q["roofline"]
+    print(f"  each kernel on a {c['matrix'][0]} x {c['matrix'][1]} matrix that stays in cache (its compute ceiling): "
+          f"fp32 {c['fp32_weights_per_s'] / 1e9:.1f} G weights/s, int8 {c['int8_weights_per_s'] / 1e9:.1f} G "
+          f"weights/s = {c['int8_weights_per_s'] / 1e9:.1f} GB/s of codes, against the {ro['bandwidth_gb_s']:.1f} GB/s "
+          f"the roofline uses: widening each code to float32 caps the int8 loop near the memory bandwidth itself")
 
 
 if __name__ == "__main__":
