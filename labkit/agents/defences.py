@@ -97,7 +97,9 @@ def _names(names: Iterable[str], what: str) -> frozenset[str]:
 
 
 class ProvenanceTags:
-    """Every answer of `inner.call` comes back tagged as untrusted data from the tool that was called."""
+    """Every answer of a tool `inner` offers comes back tagged as untrusted data from that tool. The refusal of a
+    name it does not offer (unknown, or outside the allow-list) is the harness speaking, not a tool's words, so
+    it comes back as it is."""
 
     def __init__(self, inner: Tools):
         self.inner = _check_tools(inner)
@@ -106,9 +108,11 @@ class ProvenanceTags:
         return self.inner.specs()
 
     def call(self, name: str, arguments: dict[str, Any] | None = None) -> str:
-        # An unknown or odd name still gets an answer (call never raises); the source then says "unknown".
+        answer = str(self.inner.call(name, arguments))  # call never raises: an odd name gets a refusal
+        if not isinstance(name, str) or name not in {s["name"] for s in self.inner.specs()}:
+            return answer  # no tool ran: the refusal is not untrusted data
         source = name if isinstance(name, str) and _SOURCE.fullmatch(name) else "unknown"
-        return tag_untrusted(str(self.inner.call(name, arguments)), source)
+        return tag_untrusted(answer, source)
 
 
 class ApprovalGate:

@@ -396,7 +396,7 @@ RUNS["13-react"] = _react
 # greedy SmolLM2 ReAct episodes (no tools / prompted / format automaton) and chapter 4's sums; the notebook re-runs
 # 12 + 7 before and after live and asserts the record
 MEASURES["13-react"] = ("labkit/agents/react_eval.py", "labkit/agents/react_format.py", "labkit/agents/react.py",
-                        "data/agent-tasks/tasks.jsonl")
+                        "labkit/agents/tools.py", "data/agent-tasks/tasks.jsonl")
 
 
 def _reflection() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -420,4 +420,5 @@ def _agency() -> tuple[dict, dict[str, torch.Tensor]]:
 RUNS["13-agency"] = _agency
 # greedy SmolLM2 at the three levels of agency on the task set; the notebook re-runs a few episodes live and
 # asserts the record
-MEASURES["13-agency"] = ("labkit/agents/agency.py", "labkit/agents/tasks.py", "data/agent-tasks/tasks.jsonl")
+MEASURES["13-agency"] = ("labkit/agents/agency.py", "labkit/agents/tasks.py", "labkit/agents/react.py",
+                         "labkit/agents/tools.py", "data/agent-tasks/tasks.jsonl")
