@@ -299,9 +299,9 @@ def neighbours(p: Prompt, task: TaskInfo) -> list[tuple[str, Prompt]]:
 
 def render(p: Prompt, demos: Sequence[dict], text: str) -> str:
     """The string the scored model reads: the instruction, the worked examples, then the query, ending at a
-    neutral "Answer:". (The in-context-learning lesson ends its query at "Topic:", a cue that already names
-    the task, so any instruction does about as well there; "Answer:" leaves the instruction to say what the
-    task is, which is what there is to optimise.) Each label is scored as the continuation " label"."""
+    neutral "Answer:". (The in-context-learning lesson ends its query at "Topic:", a cue that itself names the
+    task; "Answer:" leaves saying what the task is to the instruction, the part being optimised.) Each label is
+    scored as the continuation " label"."""
     shown = "".join(f"Sentence: {d['text']}\nAnswer: {d['label']}\n\n" for d in demos)
     return f"{p.text}\n\n{shown}Sentence: {text}\nAnswer:"
 
