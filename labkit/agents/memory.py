@@ -50,7 +50,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from labkit.agents.react import STOP, SYSTEM, describe_tools, format_error, parse_step
+from labkit.agents.react import STEP_RULES, STOP, describe_tools, format_error, parse_step
 from labkit.agents.tools import Tool, ToolBox
 from labkit.llm.base import LLM, ROLES, Message, check_messages
 from labkit.rag.bm25 import BM25
@@ -479,10 +479,8 @@ SMALL_TALK = (
 ANSWER_SYSTEM = "You are a helpful assistant. Answer the user's question briefly, from what you know about the user."
 ACKNOWLEDGE = "Got it, I will remember that."
 
-# The step rules are the ReAct loop's own (react.SYSTEM, from "Each reply" to its example): one wording, so the
-# paging agent is told exactly the format that react.parse_step reads.
-_STEP_RULES = SYSTEM[SYSTEM.index("Each reply is ONE step"):SYSTEM.index("\n\nExample:")]
-PAGING_SYSTEM = "You are a helpful assistant with a memory. You may use these tools:\n{tools}\n\n" + _STEP_RULES + """
+# The ReAct loop's own step rules: the paging agent is told exactly the format that react.parse_step reads.
+PAGING_SYSTEM = "You are a helpful assistant with a memory. You may use these tools:\n{tools}\n\n" + STEP_RULES + """
 
 Example:
 Question: What is my dog called?

@@ -237,17 +237,18 @@ class Trajectory:
 _STEP_FIELDS = ("text", "thought", "action", "arguments", "final_answer", "error", "cut", "ignored")
 
 
-SYSTEM = """You answer questions. You may use these tools:
-{tools}
-
-Work in steps. Each reply is ONE step, in exactly this form:
+# The step format as a system prompt states it; every agent of the chapter that runs on run_react (this module's
+# SYSTEM, memory.PAGING_SYSTEM) is told it in these words.
+STEP_RULES = """Each reply is ONE step, in exactly this form:
 Thought: <your reasoning>
 Action: <one tool name from the list>
 Action Input: <the arguments as one JSON object>
 
 Then stop: the tool's result comes back to you as "Observation: ...". When you know the answer, reply:
 Thought: <your reasoning>
-Final Answer: <the answer>
+Final Answer: <the answer>"""
+
+SYSTEM = "You answer questions. You may use these tools:\n{tools}\n\nWork in steps. " + STEP_RULES + """
 
 Example:
 Question: What is 23 * 4 + 5?
