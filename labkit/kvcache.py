@@ -231,8 +231,8 @@ def _attend(q, k, v, length, head_dim):
     for b in range(B):
         for h in range(H):
             g, qh = h // (H // H_kv), h * head_dim
-            # 1-D views of this head's query and output: the compiler then vectorizes the d loops and keeps the
-            # output row out of the aliasing checks that 2-D indexing into `out` cost (3.7x faster, same bits)
+            # 1-D views of this head's query and output row: the d loops over them compiled 3.7x faster than
+            # 2-D indexing into q and out (30 layers, 78 positions); the arithmetic and its result are the same
             qv, acc = q[b, qh:qh + head_dim], out[b, qh:qh + head_dim]
             best = np.float32(-np.inf)
             for t in range(length):
